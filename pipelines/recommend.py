@@ -1,0 +1,49 @@
+"""Top-K recommendations for one user from the production model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipelines import config, registry
+from pipelines.errors import ConfigError, DataError
+from pipelines.model import load_bundle
+from pipelines.scoring import model_top_k, user_state
+
+
+def recommend_for_user(user_id: str, k: int = 10) -> list[dict]:
+    """Rank the catalog for `user_id` with the production model, excluding items the user has seen."""
+    if k < 1:
+        raise ConfigError(f"-k is {k}, expected a positive integer")
+    root = config.workspace()
+    folder = registry.production_folder(root)
+    model, bundle = load_bundle(folder / "model.pt")
+    user_ids = bundle["user_ids"]
+    try:
+        user_index = user_ids.index(str(user_id))
+    except ValueError:
+        raise DataError(
+            f"user '{user_id}' not found in production model {folder.name} ({len(user_ids)} known users)"
+        ) from None
+    history = pd.read_parquet(folder / "interactions.parquet")
+    state = user_state([history[history["user_id"].astype(str) == str(user_id)]],
+                       bundle["item_ids"], user_ids, model.history_length)
+    k = min(k, len(bundle["item_ids"]))
+    top_items, top_scores = model_top_k(model, np.array([user_index + 1]), state, k)
+    titles = pd.read_parquet(folder / "items.parquet").set_index("item_id")["title"].astype(str)
+    rows = []
+    for rank, (index, score) in enumerate(zip(top_items[0], top_scores[0]), start=1):
+        if not np.isfinite(score):
+            break  # the user has seen everything else
+        item_id = bundle["item_ids"][index - 1]
+        rows.append({"rank": rank, "item_id": item_id, "title": titles.get(item_id, ""), "score": float(score),
+                     "version": folder.name})
+    return rows
+
+
+def format_recommendations(user_id: str, rows: list[dict]) -> str:
+    if not rows:
+        return f"no recommendations for user {user_id}: every item is already in their history"
+    lines = [f"top {len(rows)} for user {user_id} (model {rows[0]['version']}):"]
+    lines += [f"{row['rank']:>3}. {row['item_id']:>8}  {row['title']}  ({row['score']:.3f})" for row in rows]
+    return "\n".join(lines)
