@@ -19,6 +19,9 @@ STAGES = ("ingest", "validate", "split", "train", "evaluate", "promote")
 def setup_logging() -> None:
     level = os.environ.get("SHOPREC_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Libraries that log every internal step at INFO; their warnings still show.
+    for name in ("great_expectations", "dvclive"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def run_stage(name: str, stage: Callable[[], None]) -> None:

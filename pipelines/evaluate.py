@@ -18,11 +18,13 @@ import pandas as pd
 
 from pipelines import config, metrics
 from pipelines.errors import ConfigError, DataError
-from pipelines.io import write_json
+from pipelines.io import atomic_path, write_json
 from pipelines.model import load_bundle
 from pipelines.scoring import model_top_k, popularity_top_k, user_state
 
 log = logging.getLogger(__name__)
+
+EVALUATION_REPORT = config.REPORTS_DIR / "evaluation.md"
 
 
 def cutoffs(params: dict[str, Any]) -> list[int]:
@@ -87,6 +89,19 @@ def decide_gate(results: dict[str, Any], gate_params: dict[str, Any], k: int) ->
     return {"passed": all(check["passed"] for check in checks), "checks": checks}
 
 
+def render_report(results: dict[str, Any], gate: dict[str, Any]) -> str:
+    """A short Markdown report: metrics of the model and the baseline, then the gate."""
+    names = list(results["model"])
+    lines = ["# Evaluation", "", f"Test users: {results['test_users']}", "",
+             "| metric | model | popularity |", "|---|---|---|"]
+    lines += [f"| {name} | {results['model'][name]:.4f} | {results['popularity'][name]:.4f} |" for name in names]
+    lines += ["", f"## Gate: {'passed' if gate['passed'] else 'FAILED'}", "",
+              "| check | value | threshold | verdict |", "|---|---|---|---|"]
+    lines += [f"| {check['rule']} | {check['value']:.4f} | {check['threshold']:.4f} | "
+              f"{'pass' if check['passed'] else 'FAIL'} |" for check in gate["checks"]]
+    return "\n".join(lines) + "\n"
+
+
 def load_tables(root) -> dict[str, pd.DataFrame]:
     tables = {}
     for name in config.SPLITS:
@@ -109,6 +124,9 @@ def main() -> None:
         gate = decide_gate(results, params.get("gate") or {}, ks[0])
         write_json(results, root / config.METRICS_FILE)
         write_json(gate, root / config.GATE_FILE)
+        report = root / EVALUATION_REPORT
+        with atomic_path(report) as tmp:
+            tmp.write_text(render_report(results, gate), encoding="utf-8")
         for name in ("model", "popularity"):
             log.info("%s: %s", name, ", ".join(f"{key}={value:.4f}" for key, value in results[name].items()))
         log.info("gate %s: %s", "passed" if gate["passed"] else "FAILED",

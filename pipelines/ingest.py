@@ -148,21 +148,23 @@ def parse_timestamps(values: pd.Series, path: Path, unit: str = "s") -> pd.Serie
     null_rows = np.flatnonzero(values.isna().to_numpy())
     if len(null_rows):
         raise DataError(f"{path}: column 'timestamp' has {len(null_rows)} null value(s); first at row {null_rows[0] + 1}")
+    divisor = {"s": 1, "ms": 1000}.get(unit)
+    if divisor is None:
+        raise ConfigError(f"params.yaml: ingest.timestamp_unit is '{unit}', expected one of: s, ms")
     numeric = pd.to_numeric(values, errors="coerce")
-    if numeric.notna().all():
-        divisor = {"s": 1, "ms": 1000}.get(unit)
-        if divisor is None:
-            raise ConfigError(f"params.yaml: ingest.timestamp_unit is '{unit}', expected one of: s, ms")
-        return (numeric // divisor).astype("int64")
-    parsed = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
-    bad_rows = np.flatnonzero(parsed.isna().to_numpy())
-    if len(bad_rows):
-        row = bad_rows[0]
-        raise DataError(
-            f"{path}: column 'timestamp' row {row + 1}: cannot parse timestamp {values.iloc[row]!r}; "
-            "expected Unix time or an ISO 8601 date"
-        )
-    return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).astype("int64")
+    seconds = (numeric // divisor).astype("Int64")
+    text_rows = numeric.isna()
+    if text_rows.any():
+        parsed = pd.to_datetime(values[text_rows].astype(str), errors="coerce", utc=True, format="ISO8601")
+        bad = parsed.isna()
+        if bad.any():
+            row = int(np.flatnonzero(text_rows.to_numpy())[np.flatnonzero(bad.to_numpy())[0]])
+            raise DataError(
+                f"{path}: column 'timestamp' row {row + 1}: cannot parse timestamp {values.iloc[row]!r}; "
+                "expected Unix time or an ISO 8601 date"
+            )
+        seconds[text_rows] = ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy()
+    return seconds.astype("int64")
 
 
 def parse_numbers(values: pd.Series, column: str, path: Path, dtype: str) -> pd.Series:
