@@ -14,7 +14,9 @@ export PATH := $(BIN):$(PATH)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e ".[test]"
+	# compat mode puts the checkout on sys.path, so a directory earlier on the path (the
+	# workspace a stage runs in) takes precedence over it.
+	$(BIN)/pip install -e ".[test]" --config-settings editable_mode=compat
 	# The recbole wheel is only a carrier for MovieLens-100K; its code is never imported.
 	$(BIN)/pip install --no-deps recbole==1.2.1
 	touch $(STAMP)

@@ -28,7 +28,7 @@ EVALUATION_REPORT = config.REPORTS_DIR / "evaluation.md"
 
 
 def cutoffs(params: dict[str, Any]) -> list[int]:
-    """The K values of `evaluate.k`: one integer or a list of them."""
+    """Return the sorted K values of `evaluate.k`, which is one integer or a list of them."""
     value = params.get("k", 10)
     values = value if isinstance(value, list) else [value]
     if not values or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in values):
@@ -90,7 +90,7 @@ def decide_gate(results: dict[str, Any], gate_params: dict[str, Any], k: int) ->
 
 
 def render_report(results: dict[str, Any], gate: dict[str, Any]) -> str:
-    """A short Markdown report: metrics of the model and the baseline, then the gate."""
+    """Render a short Markdown report: metrics of the model and the baseline, then the gate."""
     names = list(results["model"])
     lines = ["# Evaluation", "", f"Test users: {results['test_users']}", "",
              "| metric | model | popularity |", "|---|---|---|"]

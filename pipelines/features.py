@@ -103,7 +103,10 @@ def history_windows(users: np.ndarray, items: np.ndarray, length: int) -> np.nda
 
 
 def latest_histories(users: np.ndarray, items: np.ndarray, n_users: int, length: int) -> np.ndarray:
-    """Each user's `length` most recent items (rows sorted by user, then time), one row per user index."""
+    """Return each user's `length` most recent items, one row per user index.
+
+    Rows must be sorted by user and then by time.
+    """
     histories = np.zeros((n_users + 1, length), dtype=np.int64)
     if len(users) == 0:
         return histories

@@ -68,7 +68,7 @@ def read_card(root: Path, version: str) -> dict[str, Any]:
 
 
 def production(root: Path) -> dict[str, Any] | None:
-    """The production pointer, or None before the first promotion."""
+    """Return the production pointer, or None before the first promotion."""
     path = root / config.PRODUCTION_POINTER
     if not path.is_file():
         return None

@@ -2,9 +2,9 @@
 
 Run as `python -m pipelines.train` (the DVC stage `train`). The stage starts
 a local Ray instance bound to 127.0.0.1, or joins the cluster that
-`train.ray_address` or RAY_ADDRESS names, and runs `train.num_workers`
-data-parallel workers (Lightning's DDP strategy through Ray; gloo on CPU,
-NCCL on GPU). Every epoch each worker reports its metrics and rank 0 writes a
+`train.ray_address` or RAY_ADDRESS names. It runs `train.num_workers`
+data-parallel workers with Lightning's DDP strategy through Ray, over gloo on
+CPU and NCCL on GPU. Every epoch each worker reports its metrics and rank 0 writes a
 checkpoint. The best epoch by validation NDCG@10 becomes
 `models/candidate/model.pt`; per-epoch curves go to `dvclive/`.
 """
@@ -27,6 +27,7 @@ import torch
 
 from pipelines import config, features
 from pipelines.errors import ConfigError, DataError
+from pipelines.io import write_json
 from pipelines.model import build_model, model_config, save_bundle
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ VALID_METRIC = "val_ndcg@10"
 CHECKPOINT_ROOT = Path("checkpoints")
 MODEL_FILE = "model.pt"
 HISTORY_FILE = "history.json"
+TIMING_REPORT = config.REPORTS_DIR / "train_timing.json"
 
 
 # ---------------------------------------------------------------- data
@@ -133,10 +135,17 @@ def build_report_callback(bundle_meta: dict[str, Any]):
 
         def __init__(self):
             self.history: list[dict[str, float]] = []
+            self.epoch_started = 0.0
+
+        def on_train_epoch_start(self, trainer, module):
+            self.epoch_started = time.time()
 
         def on_train_epoch_end(self, trainer, module):
             metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
             metrics["epoch"] = trainer.current_epoch
+            # Wall-clock bounds of the epoch (Unix seconds), for the start-up versus compute breakdown.
+            metrics["epoch_started_at"] = self.epoch_started
+            metrics["epoch_ended_at"] = time.time()
             self.history.append(metrics)
             with tempfile.TemporaryDirectory() as folder:
                 folder = Path(folder)
@@ -229,6 +238,9 @@ def ray_address(params: dict[str, Any]) -> str | None:
 def init_ray(params: dict[str, Any]) -> None:
     """Join the configured cluster, or start a local Ray instance that listens on 127.0.0.1 only."""
     address = ray_address(params)
+    # Ship this workspace's `pipelines` package to every worker, so a cluster runs
+    # the same stage code as the workspace whatever it has installed.
+    runtime_env = {"py_modules": [str(Path(__file__).resolve().parent)]}
     if not address:
         # A single-node Ray binds and advertises loopback only when multi-node clusters are off.
         # Ray reads this when it is first imported, and its processes inherit it.
@@ -237,12 +249,12 @@ def init_ray(params: dict[str, Any]) -> None:
 
     if address:
         log.info("connecting to the Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return
     workers_cpus = int(params["num_workers"]) * int(params["cpus_per_worker"])
     log.info("starting a local Ray instance on 127.0.0.1 with %d CPU(s)", workers_cpus)
     ray.init(num_cpus=workers_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
-             log_to_driver=True, configure_logging=False)
+             runtime_env=runtime_env, log_to_driver=True, configure_logging=False)
 
 
 def run_name(loop_config: dict[str, Any]) -> str:
@@ -335,6 +347,26 @@ def best_metrics(result) -> dict[str, Any]:
     return max(scored, key=lambda pair: pair[0])[1] if scored else {}
 
 
+def timing_breakdown(marks: dict[str, float], history: list[dict[str, float]]) -> dict[str, float]:
+    """Split the stage's wall time into data loading, Ray start, worker start-up, epoch compute and the rest.
+
+    `marks` contains the Unix times `started`, `data_ready`, `ray_ready` and `fit_ended`.
+    """
+    epochs = [epoch for epoch in history if "epoch_started_at" in epoch]
+    compute = sum(epoch["epoch_ended_at"] - epoch["epoch_started_at"] for epoch in epochs)
+    first_epoch = epochs[0]["epoch_started_at"] if epochs else marks["fit_ended"]
+    worker_start = first_epoch - marks["ray_ready"]
+    return {
+        "data_seconds": marks["data_ready"] - marks["started"],
+        "ray_start_seconds": marks["ray_ready"] - marks["data_ready"],
+        "worker_start_seconds": worker_start,
+        "epoch_compute_seconds": compute,
+        "epochs": len(epochs),
+        "other_seconds": marks["fit_ended"] - marks["ray_ready"] - worker_start - compute,
+        "total_seconds": marks["fit_ended"] - marks["started"],
+    }
+
+
 def log_curves(history: list[dict[str, float]], folder: Path) -> None:
     """Write per-epoch train loss and validation NDCG@10 with DVCLive."""
     from dvclive import Live
@@ -354,21 +386,29 @@ def main() -> None:
         params = config.section(config.load_params(), "train")
         check_params(params)
         root = config.workspace()
-        started = time.perf_counter()
+        started = time.time()
         data = training_arrays(load_split_tables(root))
+        data_ready = time.time()
         init_ray(params)
         import ray
 
+        ray_ready = time.time()
         try:
             result = fit(params, data, root / CHECKPOINT_ROOT)
         finally:
+            fit_ended = time.time()
             ray.shutdown()
         if result.error:
             raise DataError(f"training failed: {result.error}")
         summary = export_best(result, root / config.CANDIDATE_DIR / MODEL_FILE)
         log_curves(summary["history"], root / "dvclive")
-        log.info("trained in %.1f s; best epoch %d of %d; wrote %s", time.perf_counter() - started,
-                 summary["best_epoch"], len(summary["history"]), config.CANDIDATE_DIR / MODEL_FILE)
+        timing = timing_breakdown({"started": started, "data_ready": data_ready, "ray_ready": ray_ready,
+                                   "fit_ended": fit_ended}, summary["history"])
+        write_json(timing, root / TIMING_REPORT)
+        log.info("trained in %.1f s (data %.1f s, Ray start %.1f s, worker start %.1f s, %d epochs %.1f s); "
+                 "best epoch %d; wrote %s", fit_ended - started, timing["data_seconds"],
+                 timing["ray_start_seconds"], timing["worker_start_seconds"], timing["epochs"],
+                 timing["epoch_compute_seconds"], summary["best_epoch"], config.CANDIDATE_DIR / MODEL_FILE)
 
     run_stage("train", stage)
 

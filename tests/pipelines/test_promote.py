@@ -48,7 +48,8 @@ def test_passed_gate_promotes(candidate_workspace):
     card = registry.read_card(candidate_workspace, "v0001")
     assert card["metrics"]["model"]["test_ndcg@10"] == 0.2
     assert card["forced"] is False
-    assert "git_revision" in card and "data_version" in card and "created_at" in card
+    for key in ("git_revision", "data_version", "created_at", "params"):
+        assert key in card, key
     assert registry.production(candidate_workspace)["version"] == "v0001"
 
 
