@@ -144,6 +144,7 @@ def build_report_callback(bundle_meta: dict[str, Any], check_parameter_sync: boo
             self.history: list[dict[str, float]] = []
             self.epoch_started = 0.0
             self.worker_nodes: list[str] = []
+            self.worker_peak_rss_mb: list[float] = []
             self.resumed_from_epoch: int | None = None
 
         def on_fit_start(self, trainer, module):
@@ -166,6 +167,7 @@ def build_report_callback(bundle_meta: dict[str, Any], check_parameter_sync: boo
             if check_parameter_sync:
                 metrics["parameter_max_abs_diff"] = float(getattr(module, "parameter_max_abs_diff", float("nan")))
             self.history.append(metrics)
+            self.worker_peak_rss_mb = gather_objects(trainer, peak_rss_mb())
             with tempfile.TemporaryDirectory() as folder:
                 folder = Path(folder)
                 trainer.save_checkpoint(folder / CHECKPOINT_FILE)
@@ -174,7 +176,8 @@ def build_report_callback(bundle_meta: dict[str, Any], check_parameter_sync: boo
                     save_bundle(module.model, bundle_meta["config"], bundle_meta["item_ids"],
                                 bundle_meta["user_ids"], folder / MODEL_FILE, extra={"epoch": trainer.current_epoch})
                     run_info = {"history": self.history, "worker_nodes": self.worker_nodes,
-                                "resumed_from_epoch": self.resumed_from_epoch}
+                                "resumed_from_epoch": self.resumed_from_epoch,
+                                "worker_peak_rss_mb": self.worker_peak_rss_mb}
                     (folder / HISTORY_FILE).write_text(json.dumps(run_info), encoding="utf-8")
                     checkpoint = ray.train.Checkpoint.from_directory(str(folder))
                 ray.train.report(metrics, checkpoint=checkpoint)
@@ -200,6 +203,13 @@ def gather_objects(trainer, value: Any) -> list[Any]:
     values: list[Any] = [None] * trainer.world_size
     dist.all_gather_object(values, value)
     return values
+
+
+def peak_rss_mb() -> float:
+    """Return this process's peak resident memory in MiB (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def parameter_divergence(trainer, module) -> float:
@@ -531,9 +541,10 @@ def main() -> None:
         log_curves(summary["history"], root / "dvclive")
         timing = timing_breakdown({"started": started, "data_ready": data_ready, "ray_ready": ray_ready,
                                    "fit_ended": fit_ended}, summary["history"])
-        timing["worker_nodes"] = summary["worker_nodes"]
-        timing["resumed_from_epoch"] = summary["resumed_from_epoch"]
+        timing["worker_nodes"] = summary.get("worker_nodes", [])
+        timing["resumed_from_epoch"] = summary.get("resumed_from_epoch")
         timing["history"] = summary["history"]
+        timing["worker_peak_rss_mb"] = summary.get("worker_peak_rss_mb", [])
         write_json(timing, root / TIMING_REPORT)
         log.info("trained in %.1f s (data %.1f s, Ray start %.1f s, worker start %.1f s, %d epochs %.1f s); "
                  "best epoch %d; wrote %s", fit_ended - started, timing["data_seconds"],
