@@ -44,7 +44,7 @@ def check_reachable(address: str, setting: str) -> None:
             pass
     except OSError as error:
         raise ConfigError(
-            f"{setting} is {address!r}, but no Ray cluster answers there ({error}); "
+            f"{setting} is {address!r}, but no Ray cluster is listening there ({error}); "
             f"start the cluster or change {setting}"
         ) from error
 

@@ -108,13 +108,13 @@ def stop_ray_processes(ray_tmp: Path) -> None:
             pass
 
 
-def wait_for(condition, timeout: float, what: str) -> None:
+def wait_for(condition, timeout: float, description: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout} s waiting for {description}")
 
 
 def assert_ok(result: subprocess.CompletedProcess) -> None:
@@ -159,7 +159,7 @@ def test_unreachable_cluster_fails_fast(train_workspace):
     started = time.monotonic()
     result = run_train(train_workspace, timeout=60, RAY_ADDRESS=f"127.0.0.1:{closed_port()}")
     assert result.returncode == 1
-    assert "no Ray cluster answers there" in result.stderr
+    assert "no Ray cluster is listening there" in result.stderr
     assert "change RAY_ADDRESS" in result.stderr
     assert time.monotonic() - started < 30
 

@@ -14,7 +14,7 @@ def closed_port() -> int:
 
 def test_unreachable_address_named():
     port = closed_port()
-    with pytest.raises(ConfigError, match=rf"RAY_ADDRESS is '127\.0\.0\.1:{port}', but no Ray cluster answers there"):
+    with pytest.raises(ConfigError, match=rf"RAY_ADDRESS is '127\.0\.0\.1:{port}', but no Ray cluster is listening there"):
         cluster.check_reachable(f"127.0.0.1:{port}", "RAY_ADDRESS")
 
 
