@@ -15,3 +15,7 @@ class ConfigError(ShoprecError):
 
 class RegistryError(ShoprecError):
     """The model registry is missing, incomplete or inconsistent."""
+
+
+class TrainingError(ShoprecError):
+    """Distributed training failed after the retries that `train.max_failures` allows."""

@@ -87,19 +87,34 @@ def encode(frame: pd.DataFrame, catalog: Catalog, name: str) -> tuple[np.ndarray
     return users.to_numpy(np.int64), items.to_numpy(np.int64)
 
 
+def first_rows(users: np.ndarray) -> np.ndarray:
+    """Return, for each row, the index of the first row of the same user (rows sorted by user)."""
+    n = len(users)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.r_[True, users[1:] != users[:-1]]
+    return np.maximum.accumulate(np.where(starts, np.arange(n), 0))
+
+
+def windows_at(items: np.ndarray, user_first_rows: np.ndarray, rows: np.ndarray, length: int) -> np.ndarray:
+    """Return the `length` items before each of `rows`, oldest first, 0-padded on the left.
+
+    Only the selected rows are materialised, so a training set of any size
+    needs no (rows x length) matrix in memory.
+    """
+    positions = rows[:, None] - length + np.arange(length)[None, :]
+    valid = positions >= user_first_rows[rows][:, None]
+    return np.where(valid, items[np.clip(positions, 0, None)], 0)
+
+
 def history_windows(users: np.ndarray, items: np.ndarray, length: int) -> np.ndarray:
     """For each interaction, the user's `length` previous items, oldest first, 0-padded on the left.
 
     Rows must be sorted by user and then by time, as the split stage writes them.
     """
-    n = len(users)
-    if n == 0:
+    if len(users) == 0:
         return np.zeros((0, length), dtype=np.int64)
-    starts = np.r_[True, users[1:] != users[:-1]]
-    first_row = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
-    positions = np.arange(n)[:, None] - length + np.arange(length)[None, :]
-    valid = positions >= first_row[:, None]
-    return np.where(valid, items[np.clip(positions, 0, None)], 0)
+    return windows_at(items, first_rows(users), np.arange(len(users)), length)
 
 
 def latest_histories(users: np.ndarray, items: np.ndarray, n_users: int, length: int) -> np.ndarray:

@@ -25,16 +25,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipelines import config, features
-from pipelines.errors import ConfigError, DataError
+from pipelines import cluster, config, features
+from pipelines.errors import ConfigError, DataError, TrainingError
 from pipelines.io import write_json
 from pipelines.model import build_model, model_config, save_bundle
 
 log = logging.getLogger(__name__)
 
 VALID_METRIC = "val_ndcg@10"
-CHECKPOINT_ROOT = Path("checkpoints")
 MODEL_FILE = "model.pt"
+CHECKPOINT_FILE = "checkpoint.ckpt"
+# Ray Train's record of a run's checkpoints; it resumes from the latest one listed.
+RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 HISTORY_FILE = "history.json"
 TIMING_REPORT = config.REPORTS_DIR / "train_timing.json"
 
@@ -126,19 +128,35 @@ def build_module(model_cfg: dict[str, Any], catalog_arrays: dict[str, np.ndarray
     return RecommenderModule()
 
 
-def build_report_callback(bundle_meta: dict[str, Any]):
+def build_report_callback(bundle_meta: dict[str, Any], check_parameter_sync: bool = False):
     pl = _lightning()
     import ray.train
 
     class ReportCheckpointCallback(pl.Callback):
-        """Report metrics to Ray Train each epoch with a checkpoint written by rank 0."""
+        """Report metrics to Ray Train each epoch with a checkpoint written by rank 0.
+
+        The checkpoint is Lightning's (model, optimizer, loop state) plus this
+        callback's state: the metrics history and the random number generator
+        states, so a resumed run samples the same negatives as an unbroken one.
+        """
 
         def __init__(self):
             self.history: list[dict[str, float]] = []
             self.epoch_started = 0.0
+            self.worker_nodes: list[str] = []
+            self.worker_peak_rss_mb: list[float] = []
+            self.resumed_from_epoch: int | None = None
+
+        def on_fit_start(self, trainer, module):
+            node = ray.get_runtime_context().get_node_id()
+            self.worker_nodes = gather_objects(trainer, node)
 
         def on_train_epoch_start(self, trainer, module):
             self.epoch_started = time.time()
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_index):
+            if check_parameter_sync and batch_index == 0:
+                module.parameter_max_abs_diff = parameter_divergence(trainer, module)
 
         def on_train_epoch_end(self, trainer, module):
             metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
@@ -146,25 +164,87 @@ def build_report_callback(bundle_meta: dict[str, Any]):
             # Wall-clock bounds of the epoch (Unix seconds), for the start-up versus compute breakdown.
             metrics["epoch_started_at"] = self.epoch_started
             metrics["epoch_ended_at"] = time.time()
+            if check_parameter_sync:
+                metrics["parameter_max_abs_diff"] = float(getattr(module, "parameter_max_abs_diff", float("nan")))
             self.history.append(metrics)
+            self.worker_peak_rss_mb = gather_objects(trainer, peak_rss_mb())
             with tempfile.TemporaryDirectory() as folder:
                 folder = Path(folder)
-                trainer.save_checkpoint(folder / "checkpoint.ckpt")
+                trainer.save_checkpoint(folder / CHECKPOINT_FILE)
                 checkpoint = None
                 if trainer.global_rank == 0:
                     save_bundle(module.model, bundle_meta["config"], bundle_meta["item_ids"],
                                 bundle_meta["user_ids"], folder / MODEL_FILE, extra={"epoch": trainer.current_epoch})
-                    (folder / HISTORY_FILE).write_text(json.dumps(self.history), encoding="utf-8")
+                    run_info = {"history": self.history, "worker_nodes": self.worker_nodes,
+                                "resumed_from_epoch": self.resumed_from_epoch,
+                                "worker_peak_rss_mb": self.worker_peak_rss_mb}
+                    (folder / HISTORY_FILE).write_text(json.dumps(run_info), encoding="utf-8")
                     checkpoint = ray.train.Checkpoint.from_directory(str(folder))
                 ray.train.report(metrics, checkpoint=checkpoint)
 
         def state_dict(self):
-            return {"history": self.history}
+            return {"history": self.history, "rng": random_states()}
 
         def load_state_dict(self, state_dict):
             self.history = list(state_dict.get("history", []))
+            self.resumed_from_epoch = self.history[-1]["epoch"] if self.history else None
+            if "rng" in state_dict:
+                restore_random_states(state_dict["rng"])
 
     return ReportCheckpointCallback()
+
+
+def gather_objects(trainer, value: Any) -> list[Any]:
+    """Collect one picklable value from every rank, in rank order."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    values: list[Any] = [None] * trainer.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def peak_rss_mb() -> float:
+    """Return this process's peak resident memory in MiB (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def parameter_divergence(trainer, module) -> float:
+    """Return the largest absolute difference of any parameter between this rank and any other."""
+    import torch.distributed as dist
+
+    flat = torch.cat([parameter.detach().reshape(-1) for parameter in module.parameters()])
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0.0
+    copies = [torch.empty_like(flat) for _ in range(trainer.world_size)]
+    dist.all_gather(copies, flat)
+    return max(float((copy - flat).abs().max()) for copy in copies)
+
+
+def random_states() -> dict[str, Any]:
+    """Return the generator states as tensors and plain values, which Lightning loads with weights_only."""
+    import random
+
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "python": random.getstate(),
+    }
+
+
+def restore_random_states(states: dict[str, Any]) -> None:
+    import random
+
+    torch.set_rng_state(states["torch"])
+    state = states["numpy"]
+    np.random.set_state((state["name"], state["keys"].numpy().astype(np.uint32), state["position"],
+                         state["has_gauss"], state["cached_gaussian"]))
+    random.setstate(states["python"])
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -184,11 +264,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     sampler = torch.utils.data.distributed.DistributedSampler(
         train_data, num_replicas=context.get_world_size(), rank=context.get_world_rank(),
         shuffle=True, seed=int(hparams["seed"]))
-    train_loader = torch.utils.data.DataLoader(train_data, batch_size=int(hparams["batch_size"]), sampler=sampler)
+    train_loader = torch.utils.data.DataLoader(train_data, batch_size=int(hparams["batch_size"]), sampler=sampler,
+                                               collate_fn=collate_batch)
     valid_loader = torch.utils.data.DataLoader(valid_data, batch_size=1024)
 
     module = build_module(loop_config["model_config"], arrays, hparams)
-    callbacks = [build_report_callback(loop_config["bundle_meta"])]
+    callbacks = [build_report_callback(loop_config["bundle_meta"], bool(hparams.get("check_parameter_sync")))]
     if int(hparams.get("patience", 0)) > 0:
         callbacks.append(EarlyStopping(monitor=VALID_METRIC, mode="max", patience=int(hparams["patience"])))
     trainer = pl.Trainer(
@@ -210,16 +291,43 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     checkpoint_path = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        checkpoint_path = str(Path(checkpoint.to_directory()) / "checkpoint.ckpt")
+        checkpoint_path = str(Path(checkpoint.to_directory()) / CHECKPOINT_FILE)
+        log.info("resuming from checkpoint %s", checkpoint.path)
     trainer.fit(module, train_loader, valid_loader, ckpt_path=checkpoint_path)
+
+
+class HistoryDataset(torch.utils.data.Dataset):
+    """Training examples (user, previous items, next item), one per interaction.
+
+    Histories are cut from the shared arrays one batch at a time, so each
+    worker holds only read-only views of the arrays Ray passed to it.
+    """
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, user_first_rows: np.ndarray, length: int):
+        self.users, self.items, self.first_rows, self.length = users, items, user_first_rows, length
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitems__(self, indices: list[int]):
+        rows = np.asarray(indices, dtype=np.int64)
+        history = features.windows_at(self.items, self.first_rows, rows, self.length)
+        return (torch.from_numpy(self.users[rows].astype(np.int64)), torch.from_numpy(history),
+                torch.from_numpy(self.items[rows].astype(np.int64)))
+
+
+def collate_batch(batch):
+    """Pass through a batch that HistoryDataset.__getitems__ already assembled."""
+    return batch
 
 
 def worker_datasets(arrays: dict[str, np.ndarray], history_length: int):
     """Training examples (user, previous items, next item) and validation examples per user."""
     train_users, train_items = arrays["train_users"], arrays["train_items"]
-    histories = features.history_windows(train_users, train_items, history_length)
-    train_data = torch.utils.data.TensorDataset(
-        torch.tensor(train_users), torch.tensor(histories), torch.tensor(train_items))
+    user_first_rows = arrays.get("train_first_rows")
+    if user_first_rows is None:
+        user_first_rows = features.first_rows(train_users)
+    train_data = HistoryDataset(train_users, train_items, user_first_rows, history_length)
     latest = features.latest_histories(train_users, train_items, arrays["n_users"], history_length)
     valid_users = arrays["valid_users"]
     valid_data = torch.utils.data.TensorDataset(
@@ -229,32 +337,6 @@ def worker_datasets(arrays: dict[str, np.ndarray], history_length: int):
 
 
 # ---------------------------------------------------------------- Ray driver
-
-
-def ray_address(params: dict[str, Any]) -> str | None:
-    return params.get("ray_address") or os.environ.get("RAY_ADDRESS") or None
-
-
-def init_ray(params: dict[str, Any]) -> None:
-    """Join the configured cluster, or start a local Ray instance that listens on 127.0.0.1 only."""
-    address = ray_address(params)
-    # Ship this workspace's `pipelines` package to every worker, so a cluster runs
-    # the same stage code as the workspace whatever it has installed.
-    runtime_env = {"py_modules": [str(Path(__file__).resolve().parent)]}
-    if not address:
-        # A single-node Ray binds and advertises loopback only when multi-node clusters are off.
-        # Ray reads this when it is first imported, and its processes inherit it.
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    import ray
-
-    if address:
-        log.info("connecting to the Ray cluster at %s", address)
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
-        return
-    workers_cpus = int(params["num_workers"]) * int(params["cpus_per_worker"])
-    log.info("starting a local Ray instance on 127.0.0.1 with %d CPU(s)", workers_cpus)
-    ray.init(num_cpus=workers_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
-             runtime_env=runtime_env, log_to_driver=True, configure_logging=False)
 
 
 def run_name(loop_config: dict[str, Any]) -> str:
@@ -275,6 +357,7 @@ def loop_config_from(params: dict[str, Any], data: dict[str, Any]) -> dict[str, 
         "seed", "epochs", "batch_size", "learning_rate", "weight_decay", "num_negatives",
         "history_length", "cpus_per_worker", "use_gpu")}
     hparams["patience"] = int(params.get("patience", 0))
+    hparams["check_parameter_sync"] = bool(params.get("check_parameter_sync", False))
     return {
         "hparams": hparams,
         "model_config": cfg,
@@ -287,6 +370,7 @@ def loop_config_from(params: dict[str, Any], data: dict[str, Any]) -> dict[str, 
             "train_items": data["train_items"],
             "valid_users": data["valid_users"],
             "valid_items": data["valid_items"],
+            "train_first_rows": features.first_rows(data["train_users"]),
             "seen_indptr": seen_indptr,
             "seen_indices": seen_indices,
         },
@@ -303,34 +387,83 @@ def check_params(params: dict[str, Any]) -> None:
                           "expected an integer >= 0")
 
 
-def fit(params: dict[str, Any], data: dict[str, Any], storage: Path):
-    """Run distributed training and return Ray Train's result."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+BACKENDS = ("auto", "gloo", "nccl")
+
+
+def backend(params: dict[str, Any]) -> str:
+    """Return the collective backend: `train.backend`, where auto means NCCL on GPU and gloo on CPU."""
+    value = params.get("backend", "auto")
+    if value not in BACKENDS:
+        raise ConfigError(f"params.yaml: train.backend is {value!r}, expected one of: {', '.join(BACKENDS)}")
+    if value == "auto":
+        return "nccl" if params["use_gpu"] else "gloo"
+    return value
+
+
+def check_latest_checkpoint(storage: str, name: str) -> None:
+    """Load the checkpoint a resumed run would start from, so a damaged one fails before training."""
+    folder = Path(storage) / name
+    snapshot = folder / RAY_SNAPSHOT_FILE
+    if "://" in storage or not snapshot.is_file():
+        return
+    try:
+        latest_result = json.loads(snapshot.read_text(encoding="utf-8")).get("latest_checkpoint_result") or {}
+    except ValueError as error:
+        raise ConfigError(f"{snapshot} is damaged ({error}); set train.resume: false to start fresh") from error
+    if not latest_result.get("checkpoint_dir_name"):
+        return
+    latest = folder / latest_result["checkpoint_dir_name"]
+    try:
+        torch.load(latest / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        json.loads((latest / HISTORY_FILE).read_text(encoding="utf-8"))
+    except Exception as error:  # any failure to read means the checkpoint cannot be resumed
+        raise ConfigError(
+            f"checkpoint {latest} is damaged ({type(error).__name__}: {error}); set train.resume: false "
+            "to start fresh, or delete that folder to resume from the one before"
+        ) from error
+
+
+def fit(params: dict[str, Any], data: dict[str, Any], storage: str):
+    """Run distributed training and return Ray Train's result.
+
+    The run is named after its inputs, so with `train.resume` a rerun after a
+    crash continues from the last checkpoint of the same inputs.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     loop_config = loop_config_from(params, data)
-    storage.mkdir(parents=True, exist_ok=True)
+    name = run_name(loop_config)
+    if params.get("resume", True):
+        check_latest_checkpoint(storage, name)
+    else:
+        cluster.remove_run(storage, name)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if params["use_gpu"] else "gloo"),
+        torch_config=TorchConfig(backend=backend(params)),
         scaling_config=ScalingConfig(
             num_workers=int(params["num_workers"]),
             use_gpu=bool(params["use_gpu"]),
             resources_per_worker={"CPU": int(params["cpus_per_worker"])},
         ),
         run_config=RunConfig(
-            name=run_name(loop_config),
-            storage_path=str(storage.resolve()),
+            name=name,
+            storage_path=storage,
             failure_config=FailureConfig(max_failures=int(params.get("max_failures", 0))),
             checkpoint_config=CheckpointConfig(checkpoint_score_attribute=VALID_METRIC, checkpoint_score_order="max"),
         ),
     )
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    except TrainingFailedError as error:
+        raise TrainingError(
+            f"training failed after {params.get('max_failures', 0)} restart(s) (train.max_failures): {error}"
+        ) from error
 
 
 def export_best(result, target: Path) -> dict[str, Any]:
-    """Copy the best epoch's model to `target` and return the per-epoch history of the run."""
+    """Copy the best epoch's model to `target` and return the run's history, worker nodes and resume point."""
     best = result.get_best_checkpoint(metric=VALID_METRIC, mode="max")
     if best is None:
         raise DataError("training finished without a checkpoint; check the worker logs above")
@@ -338,8 +471,8 @@ def export_best(result, target: Path) -> dict[str, Any]:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(folder) / MODEL_FILE, target)
     with result.checkpoint.as_directory() as folder:
-        history = json.loads((Path(folder) / HISTORY_FILE).read_text(encoding="utf-8"))
-    return {"history": history, "best_epoch": int(best_metrics(result).get("epoch", -1))}
+        run_info = json.loads((Path(folder) / HISTORY_FILE).read_text(encoding="utf-8"))
+    return {**run_info, "best_epoch": int(best_metrics(result).get("epoch", -1))}
 
 
 def best_metrics(result) -> dict[str, Any]:
@@ -352,7 +485,8 @@ def timing_breakdown(marks: dict[str, float], history: list[dict[str, float]]) -
 
     `marks` contains the Unix times `started`, `data_ready`, `ray_ready` and `fit_ended`.
     """
-    epochs = [epoch for epoch in history if "epoch_started_at" in epoch]
+    # A resumed run's history also lists the epochs of the run before the crash.
+    epochs = [epoch for epoch in history if epoch.get("epoch_started_at", 0) >= marks["ray_ready"]]
     compute = sum(epoch["epoch_ended_at"] - epoch["epoch_started_at"] for epoch in epochs)
     first_epoch = epochs[0]["epoch_started_at"] if epochs else marks["fit_ended"]
     worker_start = first_epoch - marks["ray_ready"]
@@ -388,22 +522,29 @@ def main() -> None:
         root = config.workspace()
         started = time.time()
         data = training_arrays(load_split_tables(root))
+        storage = cluster.resolve_storage(params.get("storage_path", "checkpoints"), root)
+        cluster.check_storage_writable(storage)
         data_ready = time.time()
-        init_ray(params)
+        cluster.init_ray(params)
         import ray
 
         ray_ready = time.time()
         try:
-            result = fit(params, data, root / CHECKPOINT_ROOT)
+            cluster.check_resources(params)
+            result = fit(params, data, storage)
         finally:
             fit_ended = time.time()
             ray.shutdown()
         if result.error:
-            raise DataError(f"training failed: {result.error}")
+            raise TrainingError(f"training failed: {result.error}")
         summary = export_best(result, root / config.CANDIDATE_DIR / MODEL_FILE)
         log_curves(summary["history"], root / "dvclive")
         timing = timing_breakdown({"started": started, "data_ready": data_ready, "ray_ready": ray_ready,
                                    "fit_ended": fit_ended}, summary["history"])
+        timing["worker_nodes"] = summary.get("worker_nodes", [])
+        timing["resumed_from_epoch"] = summary.get("resumed_from_epoch")
+        timing["history"] = summary["history"]
+        timing["worker_peak_rss_mb"] = summary.get("worker_peak_rss_mb", [])
         write_json(timing, root / TIMING_REPORT)
         log.info("trained in %.1f s (data %.1f s, Ray start %.1f s, worker start %.1f s, %d epochs %.1f s); "
                  "best epoch %d; wrote %s", fit_ended - started, timing["data_seconds"],
