@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -108,6 +109,15 @@ def stop_ray_processes(ray_tmp: Path) -> None:
             pass
 
 
+def addresses_in_logs(ray_folder: Path) -> set[str]:
+    """IPv4 addresses that Ray's session logs under `ray_folder` mention."""
+    found = set()
+    for path in ray_folder.glob("session_*/logs/*"):
+        if path.is_file():
+            found |= set(re.findall(r"\b(?:\d{1,3}\.){3}\d{1,3}\b", path.read_text(errors="ignore")))
+    return found - {"0.0.0.0"}
+
+
 def wait_for(condition, timeout: float, description: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -129,7 +139,7 @@ def two_node_cluster(tmp_path):
     started = subprocess.run(["bash", str(CLUSTER_SCRIPT), "start"], env=env, capture_output=True, text=True,
                              timeout=120)
     assert started.returncode == 0, started.stderr
-    yield f"127.0.0.1:{port}"
+    yield {"address": f"127.0.0.1:{port}", "folder": Path(env["RAY_CLUSTER_DIR"])}
     subprocess.run(["bash", str(CLUSTER_SCRIPT), "stop"], env=env, capture_output=True, timeout=60)
     shutil.rmtree(env["RAY_CLUSTER_DIR"], ignore_errors=True)
 
@@ -137,17 +147,18 @@ def two_node_cluster(tmp_path):
 def test_two_node_cluster_in_sync(train_workspace, two_node_cluster):
     root = train_workspace["root"]
     update_params(root, {"train.epochs": 1, "train.check_parameter_sync": True})
-    assert_ok(run_train(train_workspace, RAY_ADDRESS=two_node_cluster))
+    assert_ok(run_train(train_workspace, RAY_ADDRESS=two_node_cluster["address"]))
     report = train_report(root)
     assert len(report["worker_nodes"]) == 2
     assert len(set(report["worker_nodes"])) == 2, "both workers ran on the same node"
     assert report["history"][0]["parameter_max_abs_diff"] == 0.0
+    assert addresses_in_logs(two_node_cluster["folder"]) == {"127.0.0.1"}
 
 
 def test_too_many_workers_rejected(train_workspace, two_node_cluster):
     update_params(train_workspace["root"], {"train.num_workers": 3})
     started = time.monotonic()
-    result = run_train(train_workspace, timeout=120, RAY_ADDRESS=two_node_cluster)
+    result = run_train(train_workspace, timeout=120, RAY_ADDRESS=two_node_cluster["address"])
     assert result.returncode == 1
     assert "train.num_workers (3) x train.cpus_per_worker (1) needs 3 CPU(s), but the Ray cluster has 2" in result.stderr
     assert time.monotonic() - started < 60
