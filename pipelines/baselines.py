@@ -1,9 +1,9 @@
 """Baselines that evaluate ranks on the same split as the model: most popular, item-kNN and EASE.
 
 All three read the binary user x item matrix of the training and validation
-interactions (rows and columns 0 are padding, as everywhere in shoprec) and
-rank the whole catalog for each test user, excluding the items the user has
-seen. Item-kNN and EASE are item-to-item models: a user's scores are the sum of
+interactions, whose row and column 0 are padding as everywhere in shoprec.
+They rank the whole catalog for each test user, excluding the items the user
+has seen. Item-kNN and EASE are item-to-item models: a user's scores are the sum of
 the weight rows of the items in the user's history.
 """
 
@@ -42,7 +42,7 @@ def item_counts(matrix: sparse.csr_matrix) -> np.ndarray:
 def item_knn_weights(matrix: sparse.csr_matrix, neighbours: int) -> np.ndarray:
     """Cosine similarity between item columns, keeping the `neighbours` most similar items of each item.
 
-    Column j holds the similarities of j's neighbours, so a user's score for j
+    Column j contains the similarities of j's neighbours, so a user's score for j
     sums the similarities of the items in the user's history that are among
     j's neighbours. The diagonal is zero.
     """

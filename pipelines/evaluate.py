@@ -65,10 +65,8 @@ def test_targets(test: pd.DataFrame, item_ids: list[str], user_ids: list[str]):
     return test_users, np.r_[0, np.cumsum(counts)], pairs["item"].to_numpy()
 
 
-class TestSet:
-    """The test users and targets in the candidate's index space, with what is known about them."""
-
-    __test__ = False  # not a pytest test class
+class EvaluationData:
+    """Test users and targets in the candidate's index space, with their training and validation history."""
 
     def __init__(self, bundle: dict[str, Any], tables: dict[str, pd.DataFrame], history_length: int):
         self.item_ids, self.user_ids = bundle["item_ids"], bundle["user_ids"]
@@ -88,21 +86,21 @@ class TestSet:
         return np.diff(self.state["seen_indptr"])[self.users]
 
 
-def rank_systems(model, bundle, production, test_set: TestSet, k: int,
+def rank_systems(model, bundle, production, data: EvaluationData, k: int,
                  baseline_params: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[str]]:
     """Top-K lists of the candidate, the production model (when given) and the baselines."""
-    args = (test_set.known, test_set.item_ids, test_set.user_ids, test_set.users, k)
+    args = (data.known, data.item_ids, data.user_ids, data.users, k)
     rankings = {"model": rank_with_model(model, bundle, *args)}
     if production is not None:
         rankings["production"] = rank_with_model(production["model"], production["bundle"], *args)
-    baseline_rankings, notes = baselines.rank_baselines(test_set.state, test_set.n_items, test_set.users, k,
+    baseline_rankings, notes = baselines.rank_baselines(data.state, data.n_items, data.users, k,
                                                         baseline_params)
     return {**rankings, **baseline_rankings}, notes
 
 
 def per_user_metrics(top_items: np.ndarray, indptr: np.ndarray, indices: np.ndarray, ks: list[int],
                      percentiles: np.ndarray) -> dict[str, np.ndarray]:
-    """Every per-user metric at every K, named `test_<metric>@<K>`."""
+    """Compute every per-user metric at every K, named `test_<metric>@<K>`."""
     values = {}
     for k in ks:
         for name, column in metrics.per_user_metrics(top_items[:, :k], indptr, indices, percentiles).items():
@@ -115,31 +113,31 @@ def means(per_user: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def slice_results(rankings: dict[str, np.ndarray], per_user: dict[str, dict[str, np.ndarray]],
-                  test_set: TestSet, ks: list[int], params: dict[str, Any]) -> dict[str, Any]:
+                  data: EvaluationData, ks: list[int], params: dict[str, Any]) -> dict[str, Any]:
     """Mean metrics of every system per user segment and per item popularity bucket."""
     params = slices.slice_params(params)
     results = {}
-    for name, mask in slices.user_segments(test_set.history_sizes(), params["new_user_max_interactions"]).items():
+    for name, mask in slices.user_segments(data.history_sizes(), params["new_user_max_interactions"]).items():
         results[name] = {"users": int(mask.sum()), "systems": {
             system: means({metric: column[mask] for metric, column in values.items()})
             for system, values in per_user.items()}}
 
-    buckets = slices.item_buckets(test_set.counts, params["head_share"], params["torso_share"])
+    buckets = slices.item_buckets(data.counts, params["head_share"], params["torso_share"])
     for bucket in slices.BUCKETS:
-        rows, indptr, indices = slices.restrict_targets(test_set.indptr, test_set.indices, buckets == bucket)
+        rows, indptr, indices = slices.restrict_targets(data.indptr, data.indices, buckets == bucket)
         if bucket == "cold" and not len(rows):
             continue  # no test target is a cold-start item
         results[f"items:{bucket}"] = {"users": int(len(rows)), "systems": {
-            system: means(per_user_metrics(top[rows], indptr, indices, ks, test_set.percentiles))
+            system: means(per_user_metrics(top[rows], indptr, indices, ks, data.percentiles))
             for system, top in rankings.items()}}
     return results
 
 
-def model_efficiency(model, bundle, path: Path, test_set: TestSet, requests: int) -> dict[str, Any]:
+def model_efficiency(model, bundle, path: Path, data: EvaluationData, requests: int) -> dict[str, Any]:
     """Size of the model file and the latency of one user's top-10 request."""
-    state = user_state(test_set.known, bundle["item_ids"], bundle["user_ids"], model.history_length)
+    state = user_state(data.known, bundle["item_ids"], bundle["user_ids"], model.history_length)
     model_user_index = {user_id: index + 1 for index, user_id in enumerate(bundle["user_ids"])}
-    test_user_ids = (test_set.user_ids[user - 1] for user in test_set.users)
+    test_user_ids = (data.user_ids[user - 1] for user in data.users)
     users = np.array([model_user_index[user_id] for user_id in test_user_ids if user_id in model_user_index],
                      dtype=np.int64)
     seconds = time_top_k(model, users, state, min(LATENCY_K, len(bundle["item_ids"])), requests)
@@ -178,34 +176,34 @@ def evaluate_candidate(candidate: Path, tables: dict[str, pd.DataFrame], params:
     model, bundle = load_bundle(candidate)
     if max(ks) > len(bundle["item_ids"]):
         raise ConfigError(f"params.yaml: evaluate.k {max(ks)} is larger than the catalog ({len(bundle['item_ids'])} items)")
-    test_set = TestSet(bundle, tables, model.history_length)
+    data = EvaluationData(bundle, tables, model.history_length)
     loaded = None
     if production is not None:
         production_model, production_bundle = load_bundle(production["path"])
         loaded = {"model": production_model, "bundle": production_bundle}
-    rankings, notes = rank_systems(model, bundle, loaded, test_set, max(ks), params.get("baselines") or {})
+    rankings, notes = rank_systems(model, bundle, loaded, data, max(ks), params.get("baselines") or {})
 
-    per_user = {system: per_user_metrics(top, test_set.indptr, test_set.indices, ks, test_set.percentiles)
+    per_user = {system: per_user_metrics(top, data.indptr, data.indices, ks, data.percentiles)
                 for system, top in rankings.items()}
     systems = {system: means(values) for system, values in per_user.items()}
     for system, top in rankings.items():
         for k in ks:
-            systems[system][metrics.metric_name(SPLIT, "coverage", k)] = metrics.coverage_at_k(top[:, :k], test_set.n_items)
+            systems[system][metrics.metric_name(SPLIT, "coverage", k)] = metrics.coverage_at_k(top[:, :k], data.n_items)
 
     requests = int(params.get("latency_requests", 200))
-    efficiency = {"model": model_efficiency(model, bundle, candidate, test_set, requests)}
+    efficiency = {"model": model_efficiency(model, bundle, candidate, data, requests)}
     if loaded is not None:
         efficiency["production"] = model_efficiency(loaded["model"], loaded["bundle"], production["path"],
-                                                    test_set, requests)
+                                                    data, requests)
     return {
-        "test_users": int(len(test_set.users)),
+        "test_users": int(len(data.users)),
         "ks": ks,
         "production_version": production["version"] if production else None,
         "systems": systems,
-        **uncertainty(per_user, len(test_set.users), params.get("bootstrap") or {}),
-        "slices": slice_results(rankings, per_user, test_set, ks, params.get("slices") or {}),
+        **uncertainty(per_user, len(data.users), params.get("bootstrap") or {}),
+        "slices": slice_results(rankings, per_user, data, ks, params.get("slices") or {}),
         "efficiency": efficiency,
-        "ndcg_curve": {system: metrics.ndcg_curve(top, test_set.indptr, test_set.indices).tolist()
+        "ndcg_curve": {system: metrics.ndcg_curve(top, data.indptr, data.indices).tolist()
                        for system, top in rankings.items()},
         "notes": notes,
     }

@@ -15,8 +15,8 @@ check fails. The checks are:
   not judged);
 - the model file size and the 95th percentile latency of one top-10 request.
 
-The champion-challenger and slice checks are skipped, and say so, when there
-is no production model yet.
+When there is no production model yet, the champion-challenger and slice
+checks are skipped with a note that explains why.
 """
 
 from __future__ import annotations
@@ -73,8 +73,11 @@ def candidate_metric(results: dict[str, Any], name: str, source: str) -> float:
 
 def check(name: str, value: float | None, threshold: float | None, rule: str, passed: bool | None,
           note: str = "") -> dict[str, Any]:
-    """One gate check; `passed=None` means skipped, which does not block promotion."""
-    verdict = "skipped" if passed is None else "pass" if passed else "fail"
+    """Build one gate check. `passed=None` means skipped, which does not block promotion."""
+    if passed is None:
+        verdict = "skipped"
+    else:
+        verdict = "pass" if passed else "fail"
     return {"name": name, "value": value, "threshold": threshold, "rule": rule, "verdict": verdict,
             "passed": passed is not False, "note": note}
 
@@ -155,7 +158,7 @@ def budget_checks(results: dict[str, Any], params: dict[str, Any]) -> list[dict[
 
 
 def reason(entry: dict[str, Any]) -> str:
-    """One line that explains a check's verdict."""
+    """Explain a check's verdict in one line."""
     if entry["verdict"] == "skipped":
         return f"{entry['name']}: skipped ({entry['note']})"
     text = f"{entry['name']}: {entry['verdict']}, {entry['value']:.4f} against threshold {entry['threshold']:.4f}"

@@ -2,7 +2,7 @@
 
 Targets are given per user as CSR arrays (`indptr`, `indices`): user row r's
 relevant items are `indices[indptr[r]:indptr[r + 1]]`. Each metric returns one
-value per user, so callers can average or bootstrap them; catalog coverage is
+value per user, so callers can average or bootstrap them. Catalog coverage is
 the one metric of the whole set of lists.
 """
 

@@ -1,10 +1,10 @@
 """Promote stage: register the candidate and move production when the gate passed.
 
 Run as `python -m pipelines.promote` (the DVC stage `promote`). When
-`gate.json` passed, or `promote.force` is true, the candidate model, the
-tables it needs for serving, its ONNX export and the evaluation report (when
-present) and a model card become a new registry version, and the production
-pointer moves to it. The card holds the metrics with their bootstrap
+`gate.json` passed, or `promote.force` is true, the candidate becomes a new
+registry version and the production pointer moves to it. The version contains
+the model, the tables it needs for serving, its ONNX export and the evaluation
+report when present, and a model card. The card holds the metrics with their bootstrap
 intervals, the gate decision and its reasons, params, the data version from
 dvc.lock, the git revision, the Airflow run id, the time and who triggered
 the run. After every change of production, the top-K of every known user is
@@ -148,7 +148,7 @@ def write_recommendations(root: Path, k: int) -> Path:
 
 
 def recommendations_current(root: Path, version: str) -> bool:
-    """Whether data/recommendations/ holds the batch of production `version`."""
+    """Return whether data/recommendations/ contains the batch of production `version`."""
     path = root / RECOMMENDATIONS_FILE
     if not path.is_file():
         return False
@@ -157,7 +157,7 @@ def recommendations_current(root: Path, version: str) -> bool:
 
 
 def check_production_unchanged(gate: dict[str, Any], current: dict[str, Any] | None) -> None:
-    """The gate compared the candidate with one production model; refuse if production moved since."""
+    """Reject a gate that compared the candidate with another production model than the current one."""
     compared = gate.get("production_version")
     now_version = current["version"] if current else None
     if compared != now_version:
@@ -167,8 +167,14 @@ def check_production_unchanged(gate: dict[str, Any], current: dict[str, Any] | N
             "rerun the evaluate stage (dvc repro -f evaluate) before promoting")
 
 
+def was_production(pointer: dict[str, Any] | None, version: str) -> bool:
+    """Return whether `version` was ever production, according to the promotion history."""
+    history = (pointer or {}).get("history") or []
+    return any(entry["to"] == version for entry in history)
+
+
 def registered_version(root: Path) -> str | None:
-    """The version that already holds the candidate's model file, if any."""
+    """Return the version that already contains the candidate's model file, if any."""
     candidate = root / config.CANDIDATE_DIR / registry.MODEL_FILE
     if not candidate.is_file():
         return None
@@ -177,7 +183,7 @@ def registered_version(root: Path) -> str | None:
 
 def register_and_point(root: Path, evaluation: dict[str, Any], forced: bool, current: dict[str, Any] | None,
                        existing: str | None) -> tuple[str, dict[str, Any]]:
-    """Register the candidate, unless version `existing` already holds it, and make it production."""
+    """Register the candidate, unless version `existing` already contains it, and make it production."""
     load_bundle(root / config.CANDIDATE_DIR / registry.MODEL_FILE)  # refuse a damaged candidate before registering
     version = existing
     if version is None:
@@ -197,6 +203,12 @@ def promote(root: Path, params: dict[str, Any]) -> dict[str, Any]:
         current = registry.production(root)
         current_version = current["version"] if current else None
         existing = registered_version(root)
+        if existing is not None and existing != current_version and was_production(current, existing):
+            log.warning("candidate %s was production before and was replaced; production stays at %s",
+                        existing, current_version)
+            return {"promoted": False, "production": current_version,
+                    "reason": f"the candidate is {existing}, which was production before and was replaced by "
+                              f"hand; promote it again with: shoprec models promote {existing} --reason ..."}
         if existing is not None and existing == current_version:
             if not recommendations_current(root, current_version):  # a crash came between pointer and batch
                 write_recommendations(root, k)

@@ -52,7 +52,7 @@ def format_recommendations(user_id: str, rows: list[dict]) -> str:
 
 
 def batch_recommendations(folder: Path, k: int) -> pd.DataFrame:
-    """Top-K of every user the model in registry `folder` knows, from the version's own interactions.
+    """Rank the top K for every user of the model in registry `folder`, from the version's own interactions.
 
     Columns: user_id, rank (1 = best), item_id, score, model_version. Users who
     have seen all but fewer than K items get fewer rows.

@@ -5,7 +5,7 @@ ONNX export and evaluation report when there are any, and `model_card.json`.
 The card lists the SHA-256 of every other file, so a folder edited by hand
 is detected before it is promoted, rolled back to, or compared against.
 
-`models/production.json` names the production version and holds the whole
+`models/production.json` names the production version and contains the whole
 promotion history (when, who, action, from, to, reason). Both change in one
 atomic rename, so the history never misses a change of the pointer. Versions
 are assembled in `models/.staging/` and renamed into the registry, so a crash

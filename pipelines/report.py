@@ -1,11 +1,11 @@
 """Reports of the evaluate stage for people and for DVC.
 
-`reports/evaluation.html` is one self-contained page (charts are PNG images
-embedded as base64) that opens in a browser without a server: the gate, the
-metrics of the candidate, production and baselines with their intervals, the
-slices, the training curves from `dvclive/`, the data-quality summary from
-`reports/validation.json`, and the compression trade-off when
-`reports/compression.json` exists. `reports/evaluation.md` is a short text
+`reports/evaluation.html` is one self-contained page that opens in a browser
+without a server, because its charts are PNG images embedded as base64. It
+shows the gate, the metrics of the candidate, production and baselines with
+their intervals, the slices, the training curves from `dvclive/`, the
+data-quality summary from `reports/validation.json`, and the compression
+trade-off when `reports/compression.json` exists. `reports/evaluation.md` is a short text
 version. `reports/plots/` holds the data DVC plots: NDCG@k for k = 1..max K
 per system, and the headline metrics per system.
 """
@@ -52,7 +52,7 @@ def label(system: str) -> str:
 
 
 def headline_names(results: dict[str, Any]) -> list[str]:
-    """The per-user metrics at the first K, which the charts and tables lead with."""
+    """Return the per-user metrics at the first K, which the charts and tables lead with."""
     k = results["ks"][0]
     return [f"test_{name}@{k}" for name in HEADLINE]
 
@@ -85,7 +85,7 @@ def metrics_chart(results: dict[str, Any]) -> str:
 
 
 def curves_chart(curves: dict[str, pd.DataFrame]) -> str:
-    """One panel per training curve (value against epoch), as base64 PNG."""
+    """Draw one panel per training curve (value against epoch), as base64 PNG."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(4 * len(curves), 3))
@@ -126,7 +126,7 @@ def read_optional_json(path: Path) -> Any:
 
 
 def table(header: list[str], rows: list[list[Any]]) -> str:
-    """An HTML table; cells are escaped unless they are already markup (tuples of ("html", text))."""
+    """Render an HTML table. Cells are escaped unless they are markup, given as ("html", text) tuples."""
     def cell(value: Any, tag: str) -> str:
         if isinstance(value, tuple):
             return f"<{tag}>{value[1]}</{tag}>"
@@ -226,7 +226,7 @@ def compression_section(compression: dict[str, Any] | None, metric: str) -> str:
 
 def render_html(results: dict[str, Any], decision: dict[str, Any], curves: dict[str, pd.DataFrame],
                 validation: dict[str, Any] | None, compression: dict[str, Any] | None) -> str:
-    """The whole report page."""
+    """Render the whole report page."""
     created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     production = results["production_version"] or "none"
     notes = "".join(f"<li>{html.escape(note)}</li>" for note in results["notes"])
@@ -243,7 +243,7 @@ def render_html(results: dict[str, Any], decision: dict[str, Any], curves: dict[
 
 
 def render_markdown(results: dict[str, Any], decision: dict[str, Any]) -> str:
-    """A short text report: headline metrics per system, then the gate."""
+    """Render a short text report: headline metrics per system, then the gate."""
     names = headline_names(results)
     lines = ["# Evaluation", "", f"Test users: {results['test_users']}; production model: "
              f"{results['production_version'] or 'none'}", "",
@@ -265,7 +265,7 @@ def ndcg_curve_table(results: dict[str, Any]) -> pd.DataFrame:
 
 
 def headline_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per system with its headline metrics, for a bar chart in `dvc plots`."""
+    """Return one row per system with its headline metrics, for a bar chart in `dvc plots`."""
     names = headline_names(results)
     return [{"system": label(system), **{name: values[name] for name in names}}
             for system, values in results["systems"].items()]

@@ -79,10 +79,10 @@ def rank_with_model(model, bundle: dict, frames: list[pd.DataFrame], item_ids: l
                     users: np.ndarray, k: int) -> np.ndarray:
     """Top-K lists of a saved model, as item indices of the evaluation's `item_ids`.
 
-    `users` index `user_ids`. The model may number ids differently or know
-    fewer of them, as a production model trained on older data does: a user
-    it does not know is scored from their history with user index 0 (a zero
-    embedding), and an item it does not know is never recommended.
+    `users` index `user_ids`. The model may number ids differently or lack
+    some of them, as a production model trained on older data does. A user
+    missing from the model is scored from their history with user index 0
+    (a zero embedding), and an item missing from it is never recommended.
     """
     state = user_state(frames, bundle["item_ids"], user_ids, model.history_length)
     model_user_index = {user_id: index + 1 for index, user_id in enumerate(bundle["user_ids"])}
@@ -92,15 +92,15 @@ def rank_with_model(model, bundle: dict, frames: list[pd.DataFrame], item_ids: l
     item_index = {item_id: index + 1 for index, item_id in enumerate(item_ids)}
     to_item = np.array([0] + [item_index.get(item_id, 0) for item_id in bundle["item_ids"]], dtype=np.int64)
     ranked = to_item[top_items]
-    # A model that knows fewer than k items fills its lists with padding, which never matches a target.
+    # A model with fewer than k items fills its lists with padding, which never matches a target.
     return np.pad(ranked, ((0, 0), (0, k - ranked.shape[1])))
 
 
 def time_top_k(model, users: np.ndarray, state: dict[str, np.ndarray], k: int, requests: int) -> np.ndarray:
     """Seconds per top-K request of one user each, for the first `requests` users (after one warm-up).
 
-    Requests run on one CPU thread, as in a serving worker that answers one
-    request at a time; with more threads a single small request mostly waits
+    Requests run on one CPU thread, as in a serving worker that handles one
+    request at a time. With more threads, a single small request mostly waits
     for the threads to synchronise, and more so on a busy machine.
     """
     sample = users[:requests]

@@ -7,7 +7,7 @@ in the training and validation data: `users:new` (at most
 Item buckets rank the catalog by training and validation interactions. The
 most popular items that together hold the first `head` share of interactions
 are `items:head`, the next `torso` share `items:torso`, the rest of the items
-with interactions `items:tail`, and items nobody interacted with `items:cold`.
+with interactions `items:tail`, and items without any interaction `items:cold`.
 An item slice keeps only the test targets in its bucket and the users who
 have one, so its recall is the share of those targets found.
 """

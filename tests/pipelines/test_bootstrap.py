@@ -44,7 +44,8 @@ def test_paired_difference_detects_small_shift():
     weights = bootstrap.resample_weights(500, 500, seed=0)
     difference = bootstrap.difference_intervals({"m": candidate}, {"m": reference}, weights, 0.95)["m"]
     assert difference["value"] == pytest.approx(0.01)
-    assert difference["low"] == pytest.approx(0.01) and difference["high"] == pytest.approx(0.01)
+    assert difference["low"] == pytest.approx(0.01)
+    assert difference["high"] == pytest.approx(0.01)
     separate = bootstrap.intervals({"c": candidate, "r": reference}, weights, 0.95)
     assert separate["c"]["low"] < separate["r"]["high"]
 

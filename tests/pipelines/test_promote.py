@@ -106,6 +106,18 @@ def test_same_candidate_not_registered_twice(candidate_workspace):
     assert registry.list_versions(candidate_workspace) == ["v0001"]
 
 
+def test_rerun_does_not_undo_rollback(candidate_workspace):
+    promote.promote(candidate_workspace, PROMOTE_PARAMS)
+    next_candidate(candidate_workspace)
+    promote.promote(candidate_workspace, PROMOTE_PARAMS)
+    registry.rollback(candidate_workspace, "v0002 recommends sold-out items")
+    # gate.json still names v0001, the production model v0002 was compared with, and v0001 is production again.
+    decision = promote.promote(candidate_workspace, PROMOTE_PARAMS)
+    assert decision["promoted"] is False
+    assert decision["reason"].startswith("the candidate is v0002, which was production before and was replaced")
+    assert registry.production(candidate_workspace)["version"] == "v0001"
+
+
 def test_production_moved_since_evaluate_rejected(candidate_workspace):
     promote.promote(candidate_workspace, PROMOTE_PARAMS)
     save_candidate(candidate_workspace, seed=1)

@@ -29,7 +29,8 @@ def test_list_marks_production(two_promotions, capsys):
     code, out, _ = run_cli(capsys, "list")
     lines = out.strip().splitlines()
     assert code == 0
-    assert lines[1].startswith("  v0001") and lines[1].endswith("intact")
+    assert lines[1].startswith("  v0001")
+    assert lines[1].endswith("intact")
     assert lines[2].startswith("* v0002")
 
 
