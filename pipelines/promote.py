@@ -143,6 +143,7 @@ def write_recommendations(root: Path, k: int) -> Path:
     target = root / RECOMMENDATIONS_FILE
     with atomic_path(target) as tmp:
         frame.to_parquet(tmp, index=False)
+        tmp.chmod(0o644)  # a serving store may load it as another user
     log.info("wrote %d recommendations for %d users to %s", len(frame), frame["user_id"].nunique(), target)
     return target
 

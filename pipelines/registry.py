@@ -95,6 +95,7 @@ def write_json_durably(data: Any, target: Path) -> None:
             stream.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; serving may run as another user
         os.replace(tmp_name, target)
         fsync_dir(target.parent)
     finally:
