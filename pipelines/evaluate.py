@@ -147,6 +147,23 @@ def model_efficiency(model, bundle, path: Path, data: EvaluationData, requests: 
             "latency_p95_ms": float(np.percentile(milliseconds, 95))}
 
 
+def system_means(rankings: dict[str, np.ndarray], per_user: dict[str, dict[str, np.ndarray]], n_items: int,
+                 ks: list[int]) -> dict[str, dict[str, float]]:
+    """Mean of every per-user metric of each system, plus its catalog coverage at each K."""
+    systems = {system: means(values) for system, values in per_user.items()}
+    for system, top in rankings.items():
+        for k in ks:
+            systems[system][metrics.metric_name(SPLIT, "coverage", k)] = metrics.coverage_at_k(top[:, :k], n_items)
+    return systems
+
+
+def latency_requests(params: dict[str, Any]) -> int:
+    requests = params.get("latency_requests", 200)
+    if not isinstance(requests, int) or isinstance(requests, bool) or requests < 1:
+        raise ConfigError(f"params.yaml: evaluate.latency_requests is {requests!r}, expected a positive integer")
+    return requests
+
+
 def uncertainty(per_user: dict[str, dict[str, np.ndarray]], n_users: int,
                 params: dict[str, Any]) -> dict[str, Any]:
     """Bootstrap intervals of every system's metrics and of the candidate - production difference."""
@@ -185,12 +202,9 @@ def evaluate_candidate(candidate: Path, tables: dict[str, pd.DataFrame], params:
 
     per_user = {system: per_user_metrics(top, data.indptr, data.indices, ks, data.percentiles)
                 for system, top in rankings.items()}
-    systems = {system: means(values) for system, values in per_user.items()}
-    for system, top in rankings.items():
-        for k in ks:
-            systems[system][metrics.metric_name(SPLIT, "coverage", k)] = metrics.coverage_at_k(top[:, :k], data.n_items)
+    systems = system_means(rankings, per_user, data.n_items, ks)
 
-    requests = int(params.get("latency_requests", 200))
+    requests = latency_requests(params)
     efficiency = {"model": model_efficiency(model, bundle, candidate, data, requests)}
     if loaded is not None:
         efficiency["production"] = model_efficiency(loaded["model"], loaded["bundle"], production["path"],

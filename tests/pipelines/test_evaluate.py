@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from pipelines import config, evaluate
-from pipelines.errors import ConfigError, DataError
+from pipelines.errors import ConfigError, DataError, RegistryError
 from tests.factories import save_model, synthetic_tables
 
 PARAMS = {
@@ -130,3 +130,24 @@ def test_outputs_written(synthetic, tmp_path):
     curve = pd.read_csv(tmp_path / "reports" / "plots" / "ndcg_at_k.csv")
     assert list(curve.columns) == ["k", "model", "popularity", "item_knn", "ease"]
     assert (tmp_path / "reports" / "evaluation.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_bad_latency_requests_rejected(synthetic):
+    with pytest.raises(ConfigError, match=r"evaluate\.latency_requests is 'many', expected a positive integer"):
+        evaluate.evaluate_candidate(synthetic["popular"], synthetic["tables"], {**PARAMS, "latency_requests": "many"})
+
+
+def test_edited_production_model_rejected(workspace):
+    from pipelines import promote
+    from tests.factories import PROMOTE_PARAMS, build_candidate_workspace
+
+    root = build_candidate_workspace(workspace)
+    promote.promote(root, PROMOTE_PARAMS)
+    assert evaluate.production_model(root)["version"] == "v0001"
+    (root / "models/registry/v0001/model.pt").write_bytes(b"replaced by hand")
+    with pytest.raises(RegistryError, match=r"v0001 was changed after registration: model\.pt differs"):
+        evaluate.production_model(root)
+
+
+def test_no_production_model_before_first_promotion(workspace):
+    assert evaluate.production_model(workspace) is None
