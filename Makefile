@@ -35,7 +35,7 @@ run: setup
 	@echo
 	@echo "metrics:          metrics.json (dvc metrics show)"
 	@echo "gate decision:    gate.json"
-	@echo "report:           reports/evaluation.md"
+	@echo "report:           reports/evaluation.html (open in a browser)"
 	@echo "training curves:  dvclive/ (dvc plots show)"
 	@echo "promoted model:   models/registry/$$(python -c 'import json;print(json.load(open("models/production.json"))["version"])' 2>/dev/null || echo '(none: gate failed)')"
 	@echo "try:              .venv/bin/shoprec recommend --user 196 -k 10"

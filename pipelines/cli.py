@@ -1,4 +1,4 @@
-"""The `shoprec` command: run a stage, or ask the production model for recommendations."""
+"""The `shoprec` command: run a stage, ask the production model for recommendations, or manage model versions."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Callable
 
+from pipelines import registry_cli
 from pipelines.errors import ShoprecError
 
 log = logging.getLogger("pipelines")
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     recommend = commands.add_parser("recommend", help="print the top-K items for a user from the production model")
     recommend.add_argument("--user", required=True, help="user id, as in the interactions table")
     recommend.add_argument("-k", type=int, default=10, help="number of items to print (default 10)")
+    registry_cli.add_parser(commands)
     return parser
 
 
@@ -60,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     setup_logging()
     try:
+        if args.command == "models":
+            print(registry_cli.run(args))
+            return 0
         return _recommend(args)
     except ShoprecError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,30 +1,43 @@
-"""Evaluate stage: rank the whole catalog for every test user and decide the gate.
+"""Evaluate stage: score the candidate, the production model and three baselines, then decide the gate.
 
-Run as `python -m pipelines.evaluate` (the DVC stage `evaluate`). The trained
-model and a most-popular baseline rank all items except those the user has
-already interacted with (train and validation), and both are scored on the
-test split with Recall, NDCG, MRR, hit rate and catalog coverage at each K in
-`evaluate.k`. Writes `metrics.json` and `gate.json`; a failed gate is a
-result, not an error, so the stage itself succeeds and `promote` reads it.
+Run as `python -m pipelines.evaluate` (the DVC stage `evaluate`). Every
+system ranks the whole catalog for every test user, except the items the
+user interacted with in the training and validation data:
+
+- `model`: the candidate in `models/candidate/model.pt`;
+- `production`: the model the production pointer names, when there is one;
+- `popularity`, `item_knn` and `ease`: baselines fitted on the same split.
+
+Metrics at each K in `evaluate.k` are averaged over test users, per slice
+(see `pipelines.slices`) and with bootstrap intervals (see
+`pipelines.bootstrap`), and `pipelines.gate` decides whether the candidate
+may replace production. Writes `metrics.json`, `gate.json`,
+`reports/evaluation.json`, the reports `reports/evaluation.md` and
+`reports/evaluation.html`, and plot data in `reports/plots/`. A failed gate
+is a result, not an error: the stage succeeds and `promote` reads it.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipelines import config, metrics
+from pipelines import baselines, bootstrap, config, gate, metrics, registry, slices
 from pipelines.errors import ConfigError, DataError
 from pipelines.io import atomic_path, write_json
 from pipelines.model import load_bundle
-from pipelines.scoring import model_top_k, popularity_top_k, user_state
+from pipelines.scoring import rank_with_model, time_top_k, user_state
 
 log = logging.getLogger(__name__)
 
-EVALUATION_REPORT = config.REPORTS_DIR / "evaluation.md"
+EVALUATION_FILE = config.REPORTS_DIR / "evaluation.json"
+SPLIT = "test"
+# Requests of one user each timed for the latency budget.
+LATENCY_K = 10
 
 
 def cutoffs(params: dict[str, Any]) -> list[int]:
@@ -52,57 +65,172 @@ def test_targets(test: pd.DataFrame, item_ids: list[str], user_ids: list[str]):
     return test_users, np.r_[0, np.cumsum(counts)], pairs["item"].to_numpy()
 
 
-def evaluate(model, bundle: dict[str, Any], tables: dict[str, pd.DataFrame], ks: list[int]) -> dict[str, Any]:
-    """Metrics of the model and of the popularity baseline on the test split."""
-    item_ids, user_ids = bundle["item_ids"], bundle["user_ids"]
-    known = [tables["train"], tables["valid"]]
-    state = user_state(known, item_ids, user_ids, model.history_length)
-    users, indptr, indices = test_targets(tables["test"], item_ids, user_ids)
-    top_model, _ = model_top_k(model, users, state, max(ks))
+class EvaluationData:
+    """Test users and targets in the candidate's index space, with their training and validation history."""
 
-    item_index = {item_id: index + 1 for index, item_id in enumerate(item_ids)}
-    counted = pd.concat(known)["item_id"].astype(str).map(item_index).dropna().astype("int64")
-    popularity = np.bincount(counted, minlength=len(item_ids) + 1).astype(np.float64)
-    top_popular = popularity_top_k(popularity, users, state, max(ks))
+    def __init__(self, bundle: dict[str, Any], tables: dict[str, pd.DataFrame], history_length: int):
+        self.item_ids, self.user_ids = bundle["item_ids"], bundle["user_ids"]
+        self.known = [tables["train"], tables["valid"]]
+        self.state = user_state(self.known, self.item_ids, self.user_ids, history_length)
+        self.users, self.indptr, self.indices = test_targets(tables["test"], self.item_ids, self.user_ids)
+        matrix = baselines.interaction_matrix(self.state["seen_indptr"], self.state["seen_indices"], self.n_items)
+        self.counts = baselines.item_counts(matrix)
+        self.percentiles = metrics.popularity_percentiles(self.counts)
 
-    results: dict[str, Any] = {"model": {}, "popularity": {}, "test_users": int(len(users))}
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def history_sizes(self) -> np.ndarray:
+        """Number of distinct items each test user interacted with in training and validation."""
+        return np.diff(self.state["seen_indptr"])[self.users]
+
+
+def rank_systems(model, bundle, production, data: EvaluationData, k: int,
+                 baseline_params: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Top-K lists of the candidate, the production model (when given) and the baselines."""
+    args = (data.known, data.item_ids, data.user_ids, data.users, k)
+    rankings = {"model": rank_with_model(model, bundle, *args)}
+    if production is not None:
+        rankings["production"] = rank_with_model(production["model"], production["bundle"], *args)
+    baseline_rankings, notes = baselines.rank_baselines(data.state, data.n_items, data.users, k,
+                                                        baseline_params)
+    return {**rankings, **baseline_rankings}, notes
+
+
+def per_user_metrics(top_items: np.ndarray, indptr: np.ndarray, indices: np.ndarray, ks: list[int],
+                     percentiles: np.ndarray) -> dict[str, np.ndarray]:
+    """Compute every per-user metric at every K, named `test_<metric>@<K>`."""
+    values = {}
     for k in ks:
-        results["model"].update(metrics.summary(top_model[:, :k], indptr, indices, len(item_ids), "test"))
-        results["popularity"].update(metrics.summary(top_popular[:, :k], indptr, indices, len(item_ids), "test"))
+        for name, column in metrics.per_user_metrics(top_items[:, :k], indptr, indices, percentiles).items():
+            values[metrics.metric_name(SPLIT, name, k)] = column
+    return values
+
+
+def means(per_user: dict[str, np.ndarray]) -> dict[str, float]:
+    return {name: float(column.mean()) if len(column) else 0.0 for name, column in per_user.items()}
+
+
+def slice_results(rankings: dict[str, np.ndarray], per_user: dict[str, dict[str, np.ndarray]],
+                  data: EvaluationData, ks: list[int], params: dict[str, Any]) -> dict[str, Any]:
+    """Mean metrics of every system per user segment and per item popularity bucket."""
+    params = slices.slice_params(params)
+    results = {}
+    for name, mask in slices.user_segments(data.history_sizes(), params["new_user_max_interactions"]).items():
+        results[name] = {"users": int(mask.sum()), "systems": {
+            system: means({metric: column[mask] for metric, column in values.items()})
+            for system, values in per_user.items()}}
+
+    buckets = slices.item_buckets(data.counts, params["head_share"], params["torso_share"])
+    for bucket in slices.BUCKETS:
+        rows, indptr, indices = slices.restrict_targets(data.indptr, data.indices, buckets == bucket)
+        if bucket == "cold" and not len(rows):
+            continue  # no test target is a cold-start item
+        results[f"items:{bucket}"] = {"users": int(len(rows)), "systems": {
+            system: means(per_user_metrics(top[rows], indptr, indices, ks, data.percentiles))
+            for system, top in rankings.items()}}
     return results
 
 
-def decide_gate(results: dict[str, Any], gate_params: dict[str, Any], k: int) -> dict[str, Any]:
-    """Check the model against the gate thresholds; every check reports value, threshold and verdict."""
-    metric = f"test_ndcg@{k}"
-    lift = float(gate_params.get("min_lift_over_popularity", 0.0))
-    baseline = results["popularity"][metric]
-    threshold = baseline * (1.0 + lift)
-    value = results["model"][metric]
-    checks = [{
-        "name": f"{metric} above popularity",
-        "value": value,
-        "threshold": threshold,
-        "rule": f"model {metric} > popularity {metric} ({baseline:.4f}) x (1 + {lift})",
-        "passed": bool(value > threshold),
-    }]
-    return {"passed": all(check["passed"] for check in checks), "checks": checks}
+def model_efficiency(model, bundle, path: Path, data: EvaluationData, requests: int) -> dict[str, Any]:
+    """Size of the model file and the latency of one user's top-10 request."""
+    state = user_state(data.known, bundle["item_ids"], bundle["user_ids"], model.history_length)
+    model_user_index = {user_id: index + 1 for index, user_id in enumerate(bundle["user_ids"])}
+    test_user_ids = (data.user_ids[user - 1] for user in data.users)
+    users = np.array([model_user_index[user_id] for user_id in test_user_ids if user_id in model_user_index],
+                     dtype=np.int64)
+    seconds = time_top_k(model, users, state, min(LATENCY_K, len(bundle["item_ids"])), requests)
+    milliseconds = seconds * 1000 if len(seconds) else np.zeros(1)
+    return {"size_mb": Path(path).stat().st_size / 1e6, "requests": int(len(seconds)),
+            "latency_p50_ms": float(np.percentile(milliseconds, 50)),
+            "latency_p95_ms": float(np.percentile(milliseconds, 95))}
 
 
-def render_report(results: dict[str, Any], gate: dict[str, Any]) -> str:
-    """Render a short Markdown report: metrics of the model and the baseline, then the gate."""
-    names = list(results["model"])
-    lines = ["# Evaluation", "", f"Test users: {results['test_users']}", "",
-             "| metric | model | popularity |", "|---|---|---|"]
-    lines += [f"| {name} | {results['model'][name]:.4f} | {results['popularity'][name]:.4f} |" for name in names]
-    lines += ["", f"## Gate: {'passed' if gate['passed'] else 'FAILED'}", "",
-              "| check | value | threshold | verdict |", "|---|---|---|---|"]
-    lines += [f"| {check['rule']} | {check['value']:.4f} | {check['threshold']:.4f} | "
-              f"{'pass' if check['passed'] else 'FAIL'} |" for check in gate["checks"]]
-    return "\n".join(lines) + "\n"
+def system_means(rankings: dict[str, np.ndarray], per_user: dict[str, dict[str, np.ndarray]], n_items: int,
+                 ks: list[int]) -> dict[str, dict[str, float]]:
+    """Mean of every per-user metric of each system, plus its catalog coverage at each K."""
+    systems = {system: means(values) for system, values in per_user.items()}
+    for system, top in rankings.items():
+        for k in ks:
+            systems[system][metrics.metric_name(SPLIT, "coverage", k)] = metrics.coverage_at_k(top[:, :k], n_items)
+    return systems
 
 
-def load_tables(root) -> dict[str, pd.DataFrame]:
+def latency_requests(params: dict[str, Any]) -> int:
+    requests = params.get("latency_requests", 200)
+    if not isinstance(requests, int) or isinstance(requests, bool) or requests < 1:
+        raise ConfigError(f"params.yaml: evaluate.latency_requests is {requests!r}, expected a positive integer")
+    return requests
+
+
+def uncertainty(per_user: dict[str, dict[str, np.ndarray]], n_users: int,
+                params: dict[str, Any]) -> dict[str, Any]:
+    """Bootstrap intervals of every system's metrics and of the candidate - production difference."""
+    params = bootstrap.bootstrap_params(params)
+    weights = bootstrap.resample_weights(n_users, params["resamples"], params["seed"])
+    result = {
+        "bootstrap": {key: params[key] for key in ("resamples", "confidence", "seed")},
+        "intervals": {system: bootstrap.intervals(values, weights, params["confidence"])
+                      for system, values in per_user.items()},
+        "difference": {},
+    }
+    if "production" in per_user:
+        result["difference"] = bootstrap.difference_intervals(per_user["model"], per_user["production"], weights,
+                                                              params["confidence"])
+    return result
+
+
+def evaluate_candidate(candidate: Path, tables: dict[str, pd.DataFrame], params: dict[str, Any],
+                       production: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate the model saved at `candidate` against `production` and the baselines on `tables`.
+
+    `production` is {"version", "path"} of the production model, or None.
+    Any model file that `load_bundle` reads can be the candidate, for example
+    a compressed copy of the trained model, so that it meets the same gate.
+    """
+    ks = cutoffs(params)
+    model, bundle = load_bundle(candidate)
+    if max(ks) > len(bundle["item_ids"]):
+        raise ConfigError(f"params.yaml: evaluate.k {max(ks)} is larger than the catalog ({len(bundle['item_ids'])} items)")
+    data = EvaluationData(bundle, tables, model.history_length)
+    loaded = None
+    if production is not None:
+        production_model, production_bundle = load_bundle(production["path"])
+        loaded = {"model": production_model, "bundle": production_bundle}
+    rankings, notes = rank_systems(model, bundle, loaded, data, max(ks), params.get("baselines") or {})
+
+    per_user = {system: per_user_metrics(top, data.indptr, data.indices, ks, data.percentiles)
+                for system, top in rankings.items()}
+    systems = system_means(rankings, per_user, data.n_items, ks)
+
+    requests = latency_requests(params)
+    efficiency = {"model": model_efficiency(model, bundle, candidate, data, requests)}
+    if loaded is not None:
+        efficiency["production"] = model_efficiency(loaded["model"], loaded["bundle"], production["path"],
+                                                    data, requests)
+    return {
+        "test_users": int(len(data.users)),
+        "ks": ks,
+        "production_version": production["version"] if production else None,
+        "systems": systems,
+        **uncertainty(per_user, len(data.users), params.get("bootstrap") or {}),
+        "slices": slice_results(rankings, per_user, data, ks, params.get("slices") or {}),
+        "efficiency": efficiency,
+        "ndcg_curve": {system: metrics.ndcg_curve(top, data.indptr, data.indices).tolist()
+                       for system, top in rankings.items()},
+        "notes": notes,
+    }
+
+
+def judge(candidate: Path, tables: dict[str, pd.DataFrame], params: dict[str, Any],
+          production: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate the model at `candidate` and return (results, gate decision)."""
+    results = evaluate_candidate(candidate, tables, params, production)
+    return results, gate.decide(results, params.get("gate"))
+
+
+def load_tables(root: Path) -> dict[str, pd.DataFrame]:
     tables = {}
     for name in config.SPLITS:
         path = root / config.SPLIT_DIR / f"{name}.parquet"
@@ -112,25 +240,56 @@ def load_tables(root) -> dict[str, pd.DataFrame]:
     return tables
 
 
+def production_model(root: Path) -> dict[str, Any] | None:
+    """The production model's version and path, after checking its files against the model card."""
+    pointer = registry.production(root)
+    if pointer is None:
+        return None
+    folder = registry.verify_version(root, pointer["version"])
+    return {"version": pointer["version"], "path": folder / registry.MODEL_FILE}
+
+
+def write_text(text: str, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_outputs(root: Path, results: dict[str, Any], decision: dict[str, Any]) -> None:
+    """Write metrics.json, gate.json, reports/evaluation.json, both reports and the plot data.
+
+    Everything is rendered before the first file is written, so an error
+    leaves the previous outputs as they were.
+    """
+    from pipelines import report
+
+    page = report.render_html(results, decision, report.read_curves(root),
+                              report.read_optional_json(root / report.VALIDATION_FILE),
+                              report.read_optional_json(root / report.COMPRESSION_FILE))
+    summary = report.render_markdown(results, decision)
+    curve = report.ndcg_curve_table(results).to_csv(index=False)
+    details = {key: value for key, value in results.items() if key not in ("systems", "ndcg_curve")}
+
+    write_json({"test_users": results["test_users"], **results["systems"]}, root / config.METRICS_FILE)
+    write_json(decision, root / config.GATE_FILE)
+    write_json(details, root / EVALUATION_FILE)
+    write_json(report.headline_rows(results), root / report.HEADLINE_PLOT)
+    write_text(curve, root / report.NDCG_CURVE_PLOT)
+    write_text(summary, root / report.MARKDOWN_REPORT)
+    write_text(page, root / report.HTML_REPORT)
+
+
 def main() -> None:
     from pipelines.cli import run_stage
 
     def stage() -> None:
         params = config.section(config.load_params(), "evaluate")
-        ks = cutoffs(params)
         root = config.workspace()
-        model, bundle = load_bundle(root / config.CANDIDATE_DIR / "model.pt")
-        results = evaluate(model, bundle, load_tables(root), ks)
-        gate = decide_gate(results, params.get("gate") or {}, ks[0])
-        write_json(results, root / config.METRICS_FILE)
-        write_json(gate, root / config.GATE_FILE)
-        report = root / EVALUATION_REPORT
-        with atomic_path(report) as tmp:
-            tmp.write_text(render_report(results, gate), encoding="utf-8")
-        for name in ("model", "popularity"):
-            log.info("%s: %s", name, ", ".join(f"{key}={value:.4f}" for key, value in results[name].items()))
-        log.info("gate %s: %s", "passed" if gate["passed"] else "FAILED",
-                 "; ".join(f"{c['name']}: {c['value']:.4f} vs {c['threshold']:.4f}" for c in gate["checks"]))
+        production = production_model(root)
+        results, decision = judge(root / config.CANDIDATE_DIR / "model.pt", load_tables(root), params, production)
+        write_outputs(root, results, decision)
+        for system, values in results["systems"].items():
+            log.info("%s: %s", system, ", ".join(f"{key}={value:.4f}" for key, value in values.items()))
+        log.info("gate %s:\n  %s", "passed" if decision["passed"] else "FAILED", "\n  ".join(decision["reasons"]))
 
     run_stage("evaluate", stage)
 

@@ -2,7 +2,8 @@
 
 Targets are given per user as CSR arrays (`indptr`, `indices`): user row r's
 relevant items are `indices[indptr[r]:indptr[r + 1]]`. Each metric returns one
-value per user, so callers can average or bootstrap them.
+value per user, so callers can average or bootstrap them. Catalog coverage is
+the one metric of the whole set of lists.
 """
 
 from __future__ import annotations
@@ -55,26 +56,67 @@ def coverage_at_k(top_items: np.ndarray, n_items: int) -> float:
     return len(np.unique(top_items)) / n_items if n_items else 0.0
 
 
-def per_user_metrics(top_items: np.ndarray, indptr: np.ndarray, indices: np.ndarray) -> dict[str, np.ndarray]:
-    """Recall, NDCG, MRR and hit rate of each user at K = top_items.shape[1]."""
+def popularity_percentiles(counts: np.ndarray) -> np.ndarray:
+    """Share of catalog items whose interaction count is at most each item's count.
+
+    `counts` is indexed by item index with index 0 as padding; the result is
+    too, with 0.0 at index 0. The most popular item gets 1.0.
+    """
+    catalog = np.sort(counts[1:])
+    percentiles = np.zeros(len(counts), dtype=np.float64)
+    if len(catalog):
+        percentiles[1:] = np.searchsorted(catalog, counts[1:], side="right") / len(catalog)
+    return percentiles
+
+
+def popularity_bias_at_k(top_items: np.ndarray, percentiles: np.ndarray) -> np.ndarray:
+    """Mean popularity percentile of each user's recommended items (1.0: only the most popular)."""
+    return percentiles[top_items].mean(axis=1)
+
+
+def per_user_metrics(top_items: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
+                     percentiles: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Recall, NDCG, MRR and hit rate of each user at K = top_items.shape[1].
+
+    With item popularity `percentiles` (see `popularity_percentiles`) the
+    popularity bias of each user's list is added.
+    """
     hits = hit_matrix(top_items, indptr, indices)
     counts = target_counts(indptr)
-    return {
+    values = {
         "recall": recall_at_k(hits, counts),
         "ndcg": ndcg_at_k(hits, counts),
         "mrr": mrr_at_k(hits),
         "hit_rate": hit_rate_at_k(hits),
     }
+    if percentiles is not None:
+        values["popularity_bias"] = popularity_bias_at_k(top_items, percentiles)
+    return values
+
+
+def metric_name(split: str, metric: str, k: int) -> str:
+    """Return the name a metric has in every file: `<split>_<metric>@<K>`, e.g. `test_ndcg@10`."""
+    return f"{split}_{metric}@{k}"
 
 
 def summary(top_items: np.ndarray, indptr: np.ndarray, indices: np.ndarray, n_items: int,
-            split: str) -> dict[str, float]:
+            split: str, percentiles: np.ndarray | None = None) -> dict[str, float]:
     """Mean metrics named `<split>_<metric>@<K>`, plus catalog coverage."""
     k = top_items.shape[1]
-    values = {f"{split}_{name}@{k}": float(per_user.mean()) if len(per_user) else 0.0
-              for name, per_user in per_user_metrics(top_items, indptr, indices).items()}
-    values[f"{split}_coverage@{k}"] = coverage_at_k(top_items, n_items)
+    per_user = per_user_metrics(top_items, indptr, indices, percentiles)
+    values = {metric_name(split, name, k): float(column.mean()) if len(column) else 0.0
+              for name, column in per_user.items()}
+    values[metric_name(split, "coverage", k)] = coverage_at_k(top_items, n_items)
     return values
+
+
+def ndcg_curve(top_items: np.ndarray, indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Mean NDCG@k for k = 1 .. top_items.shape[1], one value per k."""
+    hits = hit_matrix(top_items, indptr, indices)
+    counts = target_counts(indptr)
+    if not len(hits):
+        return np.zeros(top_items.shape[1])
+    return np.array([ndcg_at_k(hits[:, :k], counts).mean() for k in range(1, hits.shape[1] + 1)])
 
 
 def mask_seen(scores: torch.Tensor, rows: np.ndarray, indptr: np.ndarray, indices: np.ndarray) -> torch.Tensor:

@@ -1,6 +1,8 @@
-"""Top-K recommendations for one user from the production model."""
+"""Top-K recommendations from the production model: for one user, or for every known user at once."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -47,3 +49,25 @@ def format_recommendations(user_id: str, rows: list[dict]) -> str:
     lines = [f"top {len(rows)} for user {user_id} (model {rows[0]['version']}):"]
     lines += [f"{row['rank']:>3}. {row['item_id']:>8}  {row['title']}  ({row['score']:.3f})" for row in rows]
     return "\n".join(lines)
+
+
+def batch_recommendations(folder: Path, k: int) -> pd.DataFrame:
+    """Rank the top K for every user of the model in registry `folder`, from the version's own interactions.
+
+    Columns: user_id, rank (1 = best), item_id, score, model_version. Users who
+    have seen all but fewer than K items get fewer rows.
+    """
+    model, bundle = load_bundle(folder / "model.pt")
+    history = pd.read_parquet(folder / "interactions.parquet")
+    user_ids, item_ids = bundle["user_ids"], bundle["item_ids"]
+    state = user_state([history], item_ids, user_ids, model.history_length)
+    users = np.arange(1, len(user_ids) + 1)
+    top_items, top_scores = model_top_k(model, users, state, min(k, len(item_ids)))
+    frame = pd.DataFrame({
+        "user_id": np.repeat(np.array(user_ids, dtype=object), top_items.shape[1]),
+        "rank": np.tile(np.arange(1, top_items.shape[1] + 1, dtype=np.int32), len(user_ids)),
+        "item_id": np.array(item_ids, dtype=object)[top_items.ravel() - 1],
+        "score": top_scores.ravel().astype(np.float64),
+        "model_version": folder.name,
+    })
+    return frame[np.isfinite(frame["score"])].reset_index(drop=True)

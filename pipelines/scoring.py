@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import torch
@@ -37,13 +39,19 @@ def user_state(frames: list[pd.DataFrame], item_ids: list[str], user_ids: list[s
 
 @torch.no_grad()
 def model_top_k(model, users: np.ndarray, state: dict[str, np.ndarray], k: int,
-                batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Top-K item indices and scores for each user index, excluding items the user has seen."""
+                batch_size: int = 1024, model_users: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-K item indices and scores for each user index, excluding items the user has seen.
+
+    `users` index the rows of `state`; `model_users`, when given, are the
+    same users' indices in the model's user embedding (default: `users`).
+    """
     model.eval()
+    model_users = users if model_users is None else model_users
     top_items, top_scores = [], []
     for start in range(0, len(users), batch_size):
         batch = users[start:start + batch_size]
-        scores = model(torch.from_numpy(batch), torch.from_numpy(state["histories"][batch]))
+        embedding_rows = np.ascontiguousarray(model_users[start:start + batch_size])
+        scores = model(torch.from_numpy(embedding_rows), torch.from_numpy(state["histories"][batch]))
         mask_seen(scores, batch, state["seen_indptr"], state["seen_indices"])
         best = torch.topk(scores, k, dim=1)
         top_items.append(best.indices.numpy())
@@ -65,3 +73,48 @@ def popularity_top_k(popularity: np.ndarray, users: np.ndarray, state: dict[str,
         mask_seen(scores, batch, state["seen_indptr"], state["seen_indices"])
         top_items.append(torch.topk(scores, k, dim=1).indices.numpy())
     return np.concatenate(top_items) if top_items else np.zeros((0, k), dtype=np.int64)
+
+
+def rank_with_model(model, bundle: dict, frames: list[pd.DataFrame], item_ids: list[str], user_ids: list[str],
+                    users: np.ndarray, k: int) -> np.ndarray:
+    """Top-K lists of a saved model, as item indices of the evaluation's `item_ids`.
+
+    `users` index `user_ids`. The model may number ids differently or lack
+    some of them, as a production model trained on older data does. A user
+    missing from the model is scored from their history with user index 0
+    (a zero embedding), and an item missing from it is never recommended.
+    """
+    state = user_state(frames, bundle["item_ids"], user_ids, model.history_length)
+    model_user_index = {user_id: index + 1 for index, user_id in enumerate(bundle["user_ids"])}
+    to_model_user = np.array([0] + [model_user_index.get(user_id, 0) for user_id in user_ids], dtype=np.int64)
+    top_items, _ = model_top_k(model, users, state, min(k, len(bundle["item_ids"])), model_users=to_model_user[users])
+
+    item_index = {item_id: index + 1 for index, item_id in enumerate(item_ids)}
+    to_item = np.array([0] + [item_index.get(item_id, 0) for item_id in bundle["item_ids"]], dtype=np.int64)
+    ranked = to_item[top_items]
+    # A model with fewer than k items fills its lists with padding, which never matches a target.
+    return np.pad(ranked, ((0, 0), (0, k - ranked.shape[1])))
+
+
+def time_top_k(model, users: np.ndarray, state: dict[str, np.ndarray], k: int, requests: int) -> np.ndarray:
+    """Seconds per top-K request of one user each, for the first `requests` users (after one warm-up).
+
+    Requests run on one CPU thread, as in a serving worker that handles one
+    request at a time. With more threads, a single small request mostly waits
+    for the threads to synchronise, and more so on a busy machine.
+    """
+    sample = users[:requests]
+    if not len(sample):
+        return np.zeros(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model_top_k(model, sample[:1], state, k)
+        seconds = []
+        for user in sample:
+            started = time.perf_counter()
+            model_top_k(model, np.array([user]), state, k)
+            seconds.append(time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
+    return np.array(seconds)

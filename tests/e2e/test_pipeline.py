@@ -11,6 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.conftest import REPO, update_params
@@ -60,6 +61,25 @@ def test_model_beats_popularity(pipeline_run):
     assert json.loads((pipeline_run["root"] / "gate.json").read_text())["passed"] is True
 
 
+def test_baselines_scored_in_same_run(pipeline_run):
+    metrics = json.loads((pipeline_run["root"] / "metrics.json").read_text())
+    # The baselines are deterministic given the split (figures in docs/benchmarks.md).
+    assert metrics["popularity"]["test_ndcg@10"] == pytest.approx(0.0446, abs=0.001)
+    assert metrics["ease"]["test_ndcg@10"] == pytest.approx(0.0737, abs=0.001)
+    assert metrics["item_knn"]["test_ndcg@10"] == pytest.approx(0.0657, abs=0.001)
+    assert {"test_ndcg@20", "test_popularity_bias@10", "test_coverage@20"} <= set(metrics["model"])
+
+
+def test_report_and_intervals_written(pipeline_run):
+    root = pipeline_run["root"]
+    details = json.loads((root / "reports" / "evaluation.json").read_text())
+    interval = details["intervals"]["model"]["test_ndcg@10"]
+    assert interval["low"] < json.loads((root / "metrics.json").read_text())["model"]["test_ndcg@10"] < interval["high"]
+    assert set(details["slices"]) >= {"users:new", "users:active", "items:head", "items:torso", "items:tail"}
+    page = (root / "reports" / "evaluation.html").read_text()
+    assert page.count("data:image/png;base64,") == 2  # metrics and training curves
+
+
 def test_registry_holds_one_version(pipeline_run):
     root = pipeline_run["root"]
     versions = sorted(path.name for path in (root / "models" / "registry").iterdir() if not path.name.startswith("."))
@@ -67,6 +87,19 @@ def test_registry_holds_one_version(pipeline_run):
     assert json.loads((root / "models" / "production.json").read_text())["version"] == "v0001"
     card = json.loads((root / "models" / "registry" / "v0001" / "model_card.json").read_text())
     assert set(card["data_version"]) == {"data/ingested", "data/split"}
+    assert set(card["files"]) == {"model.pt", "items.parquet", "interactions.parquet", "report.html"}
+
+
+def test_batch_recommendations_written(pipeline_run):
+    frame = pd.read_parquet(pipeline_run["root"] / "data" / "recommendations" / "recommendations.parquet")
+    assert frame["user_id"].nunique() == 943
+    assert set(frame["model_version"]) == {"v0001"}
+    assert frame.groupby("user_id")["rank"].max().eq(20).all()
+
+
+def test_models_list_marks_production(pipeline_run):
+    result = run([sys.executable, "-m", "pipelines.cli", "models", "list"], pipeline_run["root"], pipeline_run["env"])
+    assert result.stdout.splitlines()[1].startswith("* v0001")
 
 
 def test_recommend_answers(pipeline_run):
@@ -103,3 +136,21 @@ def test_train_param_reruns_from_train(pipeline_run):
     result = run(["dvc", "repro"], pipeline_run["root"], pipeline_run["env"])
     ran = re.findall(r"Running stage '(\w+)'", result.stdout)
     assert ran == ["train", "evaluate", "promote"]
+    # The new candidate was judged against production v0001 on the same test users.
+    gate = json.loads((pipeline_run["root"] / "gate.json").read_text())
+    champion = next(check for check in gate["checks"] if check["name"] == "test_ndcg@10 against production")
+    assert gate["production_version"] == "v0001"
+    assert champion["verdict"] in ("pass", "fail")
+
+
+def test_registry_fetched_back_from_remote(pipeline_run):
+    # Last in this module: it empties the DVC cache, after which `dvc repro` would rerun every stage.
+    root, env = pipeline_run["root"], pipeline_run["env"]
+    run(["dvc", "push"], root, env)
+    shutil.rmtree(root / "models" / "registry" / "v0001")
+    shutil.rmtree(root / ".dvc" / "cache")
+    run(["dvc", "pull", "models/registry"], root, env)
+    card = json.loads((root / "models" / "registry" / "v0001" / "model_card.json").read_text())
+    result = run([sys.executable, "-m", "pipelines.cli", "models", "show", "v0001"], root, env)
+    assert "  files:        intact" in result.stdout
+    assert card["version"] == "v0001"

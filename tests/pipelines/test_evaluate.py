@@ -1,18 +1,23 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import evaluate
-from pipelines.errors import ConfigError, DataError
+from pipelines import config, evaluate
+from pipelines.errors import ConfigError, DataError, RegistryError
+from tests.factories import save_model, synthetic_tables
 
-
-def test_gate_requires_lift_over_popularity():
-    results = {"model": {"test_ndcg@10": 0.05}, "popularity": {"test_ndcg@10": 0.043}}
-    gate = evaluate.decide_gate(results, {"min_lift_over_popularity": 0.2}, 10)
-    assert gate["passed"] is False
-    assert gate["checks"][0]["threshold"] == pytest.approx(0.0516)
-    results["model"]["test_ndcg@10"] = 0.06
-    assert evaluate.decide_gate(results, {"min_lift_over_popularity": 0.2}, 10)["passed"] is True
+PARAMS = {
+    "k": [5, 10],
+    "baselines": {"knn_neighbours": 10, "ease_l2": 10.0, "max_items": 1000},
+    "slices": {"new_user_max_interactions": 5, "head_share": 0.5, "torso_share": 0.3},
+    "bootstrap": {"resamples": 200, "confidence": 0.95, "seed": 0},
+    "latency_requests": 20,
+    "gate": {"metric": "test_ndcg@10", "min_lift_over_popularity": 0.0, "floors": {},
+             "champion": {"tolerance": 0.005, "require_improvement": True}, "slice_tolerance": {"default": 0.05},
+             "min_slice_users": 30, "max_model_size_mb": 50, "max_latency_p95_ms": 1000},
+}
 
 
 @pytest.mark.parametrize("value", [0, -1, "ten", [10, 0], []])
@@ -37,3 +42,112 @@ def test_targets_unknown_item_rejected():
     test = pd.DataFrame({"user_id": ["u"], "item_id": ["zzz"]})
     with pytest.raises(DataError, match=r"item 'zzz' is unknown to the model"):
         evaluate.test_targets(test, ["a"], ["u"])
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """Zipf-distributed interactions, a most-popular model and a random model saved for them."""
+    folder = tmp_path_factory.mktemp("models")
+    tables = synthetic_tables()
+    return {"tables": tables, "popular": save_model(tables, folder / "popular.pt", popular=True),
+            "random": save_model(tables, folder / "random.pt", seed=3)}
+
+
+def test_evaluation_scores_every_system(synthetic):
+    results = evaluate.evaluate_candidate(synthetic["popular"], synthetic["tables"], PARAMS)
+    assert list(results["systems"]) == ["model", "popularity", "item_knn", "ease"]
+    assert results["test_users"] == 300
+    assert results["production_version"] is None
+    for name in ("recall", "ndcg", "mrr", "hit_rate", "coverage", "popularity_bias"):
+        for k in (5, 10):
+            assert f"test_{name}@{k}" in results["systems"]["ease"]
+    interval = results["intervals"]["model"]["test_ndcg@10"]
+    assert interval["low"] < results["systems"]["model"]["test_ndcg@10"] < interval["high"]
+    assert set(results["slices"]) >= {"users:new", "users:active", "items:head", "items:torso", "items:tail"}
+    assert len(results["ndcg_curve"]["ease"]) == 10
+
+
+def test_popular_model_matches_popularity_baseline(synthetic):
+    results = evaluate.evaluate_candidate(synthetic["popular"], synthetic["tables"], PARAMS)
+    # The crafted model scores log(1 + training count); the baseline counts training and validation.
+    assert results["systems"]["model"]["test_ndcg@10"] == pytest.approx(
+        results["systems"]["popularity"]["test_ndcg@10"], abs=0.02)
+
+
+def test_gate_rejects_worse_candidate(synthetic):
+    production = {"version": "v0001", "path": synthetic["popular"]}
+    results, decision = evaluate.judge(synthetic["random"], synthetic["tables"], PARAMS, production)
+    check = next(entry for entry in decision["checks"] if entry["name"] == "test_ndcg@10 against production")
+    assert results["difference"]["test_ndcg@10"]["high"] < 0
+    assert check["verdict"] == "fail"
+    assert decision["passed"] is False
+
+
+def test_gate_accepts_better_candidate(synthetic):
+    production = {"version": "v0001", "path": synthetic["random"]}
+    results, decision = evaluate.judge(synthetic["popular"], synthetic["tables"], PARAMS, production)
+    champion = [entry for entry in decision["checks"] if entry["name"].startswith("test_ndcg@10 against production")
+                or entry["name"] == "test_ndcg@10 improvement is significant"]
+    assert results["difference"]["test_ndcg@10"]["low"] > 0
+    assert [entry["verdict"] for entry in champion] == ["pass", "pass"]
+
+
+def test_better_candidate_can_lose_a_slice(synthetic):
+    # The most-popular model beats a random one overall but never recommends tail items.
+    production = {"version": "v0001", "path": synthetic["random"]}
+    _, decision = evaluate.judge(synthetic["popular"], synthetic["tables"], PARAMS, production)
+    tail = next(entry for entry in decision["checks"] if entry["name"] == "test_ndcg@10 on items:tail against production")
+    assert tail["verdict"] == "fail"
+    assert decision["passed"] is False
+
+
+def test_production_with_older_catalog_is_scored(synthetic, tmp_path):
+    # A production model trained before the newest users and items existed still ranks every test user.
+    tables = synthetic["tables"]
+    older = {**tables, "items": tables["items"].iloc[:-5], "users": tables["users"].iloc[:-50]}
+    older["train"] = tables["train"][tables["train"]["item_id"].isin(older["items"]["item_id"])]
+    production = {"version": "v0001", "path": save_model(older, tmp_path / "older.pt", popular=True)}
+    results = evaluate.evaluate_candidate(synthetic["popular"], tables, PARAMS, production)
+    assert results["production_version"] == "v0001"
+    assert results["systems"]["production"]["test_ndcg@10"] == pytest.approx(
+        results["systems"]["model"]["test_ndcg@10"], abs=0.03)
+
+
+def test_k_larger_than_catalog_rejected(synthetic):
+    with pytest.raises(ConfigError, match=r"evaluate\.k 100 is larger than the catalog \(60 items\)"):
+        evaluate.evaluate_candidate(synthetic["popular"], synthetic["tables"], {**PARAMS, "k": [10, 100]})
+
+
+def test_outputs_written(synthetic, tmp_path):
+    results, decision = evaluate.judge(synthetic["popular"], synthetic["tables"], PARAMS)
+    evaluate.write_outputs(tmp_path, results, decision)
+    written = json.loads((tmp_path / config.METRICS_FILE).read_text())
+    assert written["model"]["test_ndcg@10"] == results["systems"]["model"]["test_ndcg@10"]
+    assert set(written) == {"test_users", "model", "popularity", "item_knn", "ease"}
+    details = json.loads((tmp_path / evaluate.EVALUATION_FILE).read_text())
+    assert {"intervals", "slices", "efficiency", "bootstrap"} <= set(details)
+    assert json.loads((tmp_path / config.GATE_FILE).read_text())["passed"] == decision["passed"]
+    curve = pd.read_csv(tmp_path / "reports" / "plots" / "ndcg_at_k.csv")
+    assert list(curve.columns) == ["k", "model", "popularity", "item_knn", "ease"]
+    assert (tmp_path / "reports" / "evaluation.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_bad_latency_requests_rejected(synthetic):
+    with pytest.raises(ConfigError, match=r"evaluate\.latency_requests is 'many', expected a positive integer"):
+        evaluate.evaluate_candidate(synthetic["popular"], synthetic["tables"], {**PARAMS, "latency_requests": "many"})
+
+
+def test_edited_production_model_rejected(workspace):
+    from pipelines import promote
+    from tests.factories import PROMOTE_PARAMS, build_candidate_workspace
+
+    root = build_candidate_workspace(workspace)
+    promote.promote(root, PROMOTE_PARAMS)
+    assert evaluate.production_model(root)["version"] == "v0001"
+    (root / "models/registry/v0001/model.pt").write_bytes(b"replaced by hand")
+    with pytest.raises(RegistryError, match=r"v0001 was changed after registration: model\.pt differs"):
+        evaluate.production_model(root)
+
+
+def test_no_production_model_before_first_promotion(workspace):
+    assert evaluate.production_model(workspace) is None

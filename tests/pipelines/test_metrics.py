@@ -45,3 +45,28 @@ def test_mask_seen_excludes_history():
     assert torch.isinf(scores[0, [1, 4]]).all()
     assert torch.isinf(scores[1, 2])
     assert torch.isfinite(scores).sum() == 7
+
+
+def test_popularity_percentiles_hand_computed():
+    # Index 0 is padding; items 1..4 have counts 5, 0, 5, 2.
+    percentiles = metrics.popularity_percentiles(np.array([0, 5, 0, 5, 2]))
+    assert percentiles.tolist() == pytest.approx([0.0, 1.0, 0.25, 1.0, 0.5])
+
+
+def test_popularity_bias_is_mean_percentile():
+    percentiles = np.array([0.0, 1.0, 0.25, 1.0, 0.5])
+    bias = metrics.popularity_bias_at_k(np.array([[1, 2], [4, 2]]), percentiles)
+    assert bias.tolist() == pytest.approx([0.625, 0.375])
+
+
+def test_summary_includes_popularity_bias():
+    top = np.array([[1, 2], [2, 3]])
+    percentiles = np.array([0.0, 1.0, 0.5, 0.25, 0.75])
+    result = metrics.summary(top, *csr([[1], [4]]), n_items=4, split="test", percentiles=percentiles)
+    assert result["test_popularity_bias@2"] == pytest.approx((0.75 + 0.375) / 2)
+
+
+def test_ndcg_curve_per_cutoff():
+    # One user whose only target is at rank 2: NDCG@1 = 0, NDCG@2 = NDCG@3 = 1 / log2(3).
+    curve = metrics.ndcg_curve(np.array([[5, 7, 6]]), *csr([[7]]))
+    assert curve.tolist() == pytest.approx([0.0, 1 / math.log2(3), 1 / math.log2(3)])
