@@ -25,7 +25,11 @@ GENERATED = {".venv", ".git", "data", "models", "dvclive", "reports", "checkpoin
 
 def copy_repository(target: Path) -> Path:
     def ignore(folder, names):
-        return [name for name in names if name in GENERATED or name.endswith(".egg-info")]
+        ignored = [name for name in names if name in GENERATED or name.endswith(".egg-info")]
+        if Path(folder).name == ".dvc":
+            # DVC's cache and run cache would let a "clean" run restore outputs instead of running stages.
+            ignored += [name for name in names if name in ("cache", "tmp", "config.local")]
+        return ignored
 
     shutil.copytree(REPO, target, ignore=ignore)
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
