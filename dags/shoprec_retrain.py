@@ -24,4 +24,6 @@ dag = build_dag(
     doc_md=__doc__,
     params=form_params(),
     tags=["shoprec", "manual"],
+    # Nothing runs until someone triggers it, so it can start unpaused.
+    paused_at_creation=False,
 )

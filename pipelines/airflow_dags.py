@@ -98,12 +98,17 @@ def policy_arguments(task_id: str) -> dict[str, Any]:
 
 
 def build_dag(dag_id: str, dag_file: str, *, schedule: Any, doc_md: str,
-              params: dict[str, Param] | None = None, tags: list[str] | None = None) -> DAG:
-    """Build a DAG that runs the workspace's dvc.yaml stage by stage."""
+              params: dict[str, Param] | None = None, tags: list[str] | None = None,
+              paused_at_creation: bool | None = None) -> DAG:
+    """Build a DAG that runs the workspace's dvc.yaml stage by stage.
+
+    `paused_at_creation` None follows Airflow's dags_are_paused_at_creation setting.
+    """
     root = workspace_root(dag_file)
     stages = orchestration.read_stages(root)
     with DAG(dag_id=dag_id, schedule=schedule, start_date=START_DATE, catchup=False, max_active_runs=1,
-             doc_md=doc_md, params=params or {}, tags=tags or ["shoprec"]) as dag:
+             doc_md=doc_md, params=params or {}, tags=tags or ["shoprec"],
+             is_paused_upon_creation=paused_at_creation) as dag:
         claim = claim_workspace(str(root))
         release = release_workspace(str(root))
         steps = []
