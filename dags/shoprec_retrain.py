@@ -2,8 +2,8 @@
 
 Started by hand only. The form's fields (dataset, epochs, Ray workers, forced
 promotion, and any other params.yaml keys under "Other params") override
-`params.yaml` for this run only: `claim_workspace` writes them into the
-workspace's params.yaml and `release_workspace` restores the file when the
+`params.yaml` for this run only. `claim_workspace` writes them into the
+workspace's params.yaml, and `release_workspace` restores the file when the
 run ends, whatever its outcome. The values a run used are in its run
 configuration, the XCom of `claim_workspace`, `dvc.lock` and the model card
 of a promoted model. Fields left at their defaults keep the params.yaml value.

@@ -1,10 +1,10 @@
 """Build the shoprec Airflow DAGs: one task per DVC stage, a gate, and publish.
 
-The DAG files in `dags/` call `build_dag`. A run's tasks are, in order:
-`claim_workspace` (a setup task: claims the workspace, applies the trigger
-form's params), one task per stage of dvc.yaml named after the stage, `gate`
-right before `promote`, `publish` (`dvc push`), and `release_workspace` (a
-teardown task that restores params.yaml, run even when a stage failed).
+The DAG files in `dags/` call `build_dag`. A run starts with the setup task
+`claim_workspace`, which claims the workspace and applies the trigger form's
+params. Then comes one task per stage of dvc.yaml, named after the stage,
+with `gate` right before `promote`, and `publish` (`dvc push`). The teardown
+task `release_workspace` restores params.yaml and runs even when a stage failed.
 
 Building a DAG reads dvc.yaml and the stage modules' docstrings and nothing
 else: no database, no Ray, no data. The task callables import nothing heavy
@@ -73,18 +73,18 @@ from the Airflow connection SHOPREC_DVC_REMOTE_CONN_ID (default
 `endpoint_url`, `region_name`) or else from the AWS_* environment variables."""
 CLAIM_DOC = """Claims the workspace for this run (one run at a time across all shoprec
 DAGs) and writes the trigger form's params into params.yaml for this run only.
-Retries while another run holds the workspace."""
+Retries while another run has the workspace."""
 RELEASE_DOC = """Restores params.yaml and releases the workspace. Runs even when a stage failed."""
 
 
 def workspace_root(dag_file: str) -> Path:
-    """The workspace: SHOPREC_WORKSPACE, or the repository that holds the dags/ folder."""
+    """Return the workspace: SHOPREC_WORKSPACE, or the repository that contains the dags/ folder."""
     configured = os.environ.get("SHOPREC_WORKSPACE")
     return Path(configured).resolve() if configured else Path(dag_file).resolve().parents[1]
 
 
 def form_params() -> dict[str, Param]:
-    """The trigger form of a manual run: one typed field per entry of FORM_FIELDS, plus free overrides."""
+    """Build the trigger form of a manual run: one typed field per FORM_FIELDS entry, plus free overrides."""
     fields = [*run_workspace.FORM_FIELDS, run_workspace.OVERRIDES_FIELD]
     return {field.name: Param(field.default, title=field.title, description=field.description, **field.schema)
             for field in fields}
@@ -154,7 +154,7 @@ def _owner() -> str:
 
 
 def _fail_without_retry(error: ShoprecError) -> AirflowFailException:
-    """An input or configuration error: a retry would fail the same way."""
+    """Wrap an input or configuration error so that Airflow fails the task without retries."""
     return AirflowFailException(str(error))
 
 

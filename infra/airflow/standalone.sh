@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start Airflow standalone (API server and UI, scheduler, DAG processor, triggerer)
-# for this repository and print the UI address and login once it answers.
+# for this repository and print the UI address and login once the UI responds.
 # Stop it with Ctrl-C. Run it with `make airflow`, or directly after `make setup`.
 set -euo pipefail
 
@@ -53,7 +53,7 @@ print_login_when_ready() {
             return 1
         fi
         if [ "$SECONDS" -ge "$deadline" ]; then
-            echo "error: the Airflow UI did not answer at $URL within $WAIT_SECONDS s; see $LOG" >&2
+            echo "error: the Airflow UI did not respond at $URL within $WAIT_SECONDS s; see $LOG" >&2
             return 1
         fi
         sleep 2

@@ -45,7 +45,8 @@ def test_ports_on_loopback_only(compose):
 def test_images_pinned(compose):
     for name, service in compose["services"].items():
         image = service["image"]
-        assert ":" in image and not image.endswith(":latest"), (name, image)
+        assert ":" in image, (name, image)
+        assert not image.endswith(":latest"), (name, image)
 
 
 def test_airflow_uses_postgres_and_local_executor(compose):
