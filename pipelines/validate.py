@@ -9,9 +9,9 @@ ingested tables and the `validate` section of params.yaml, then:
 2. writes `reports/validation.json` (verdict, each failed check with its
    column, count or measured value, threshold and up to five offending rows),
    `reports/data_docs/` (GE Data Docs HTML) and a summary in the log;
-3. on any failed `block` check: copies the rejected data and reports to
+3. on any failed `block` check, copies the rejected data and reports to
    `data/quality/quarantine/<run id>/` and exits non-zero, so no later stage
-   runs; otherwise records the data as the new last good snapshot.
+   runs. Otherwise it records the data as the new last good snapshot.
 
 See docs/data-quality.md for every check, its params and the snapshot layout.
 """
@@ -39,7 +39,7 @@ from pipelines.quality.snapshots import QUALITY_DIR, SnapshotStore
 
 log = logging.getLogger(__name__)
 
-VALIDATION_REPORT = config.REPORTS_DIR / "validation.json"
+VALIDATION_REPORT = config.VALIDATION_REPORT
 DATA_DOCS_DIR = config.REPORTS_DIR / "data_docs"
 
 
@@ -83,7 +83,7 @@ def _skip_kind(kind: str, reason: str) -> list[SkippedCheck]:
 def validate_tables(tables: dict[str, pd.DataFrame], rules: Rules, root: Path,
                     last_good: tuple[str, drift.Profile] | None = None, run_id: str = "adhoc",
                     docs_dir: Path | None = None, counts: drift.Counts | None = None) -> Outcome:
-    """Run every check on the tables; the outcome says which failed and at which severity."""
+    """Run every check on the tables and return which failed, at which severity, and which were skipped."""
     counts = counts or drift.count_interactions(tables["interactions"])
     built, skipped = build_suites(tables, rules, root, last_good, counts)
     results = engine.run_suites(built, rules.severity, run_id, rules.run_time, docs_dir)

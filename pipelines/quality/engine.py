@@ -21,7 +21,7 @@ from pipelines.quality.suites import Suite
 log = logging.getLogger(__name__)
 
 MAX_EXAMPLES = 5
-# Expectation arguments that say where the check looks, not what it allows.
+# Expectation arguments that name where the check looks, not what it allows.
 NOT_THRESHOLDS = {"column", "column_list", "batch_id", "result_format", "type_list", "mostly"}
 
 

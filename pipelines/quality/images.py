@@ -1,8 +1,9 @@
 """Facts about the item image files, one row per item, for the `images` suite to judge.
 
-Each fact is null when an earlier fact already failed (no `exists` for a path
-outside the folder, no `mode` for a file that does not decode), so that every
-broken image fails exactly one check: the first one it breaks.
+Each fact is null when an earlier fact already failed: a path outside the
+folder has no `exists`, and a file that does not decode has no `mode`. GE
+skips nulls, so every broken image fails exactly one check, the first one it
+breaks.
 """
 
 from __future__ import annotations

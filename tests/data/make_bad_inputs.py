@@ -2,12 +2,12 @@
 
 Run from the repository root:
 
-    python tests/data/make_bad_inputs.py
+    python tests/data/make_bad_inputs.py [--output FOLDER]
 
 Writes `tests/data/clean_shop/` (a small, seeded, synthetic shop export: one
 week of events of 40 customers on 30 products, with product images) and
 `tests/data/bad_inputs/<case>/`, one folder per way an export can be broken.
-Each case folder holds the source files ingest reads and a `case.yaml` naming
+Each case folder contains the source files ingest reads and a `case.yaml` naming
 the stage that must reject it and the check (or, for ingest, the message).
 No value comes from real people. The output depends only on the seed, so
 rerunning the script reproduces the committed files byte for byte with the
@@ -16,6 +16,7 @@ same pandas, pyarrow and Pillow versions.
 
 from __future__ import annotations
 
+import argparse
 import io
 import shutil
 from pathlib import Path
@@ -28,8 +29,6 @@ import yaml
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
-CLEAN_DIR = HERE / "clean_shop"
-CASES_DIR = HERE / "bad_inputs"
 SEED = 20260301
 DAYS = pd.date_range("2026-03-01", periods=7, freq="D", tz="UTC")
 EVENTS_PER_DAY = 60
@@ -120,11 +119,11 @@ def write_images(items: pd.DataFrame, folder: Path) -> None:
         product_image(number, "L" if number % 2 else "RGB").save(folder / Path(path).name, format="PNG")
 
 
-def write_case(name: str, about: str, tables: dict[str, pd.DataFrame], stage: str = "validate",
+def write_case(cases: Path, name: str, about: str, tables: dict[str, pd.DataFrame], stage: str = "validate",
                check: str | None = None, match: str | None = None, params: dict | None = None,
                baseline: bool = False, images: bool = False) -> Path:
     """Write one case: its tables as CSV (any table may be None to leave it out) and its case.yaml."""
-    folder = CASES_DIR / name
+    folder = cases / name
     folder.mkdir(parents=True)
     for table, frame in tables.items():
         if frame is not None:
@@ -151,52 +150,67 @@ def without_images(items: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- cases ingest rejects
 
 
-def ingest_cases(shop: dict[str, pd.DataFrame]) -> None:
+def ingest_cases(shop: dict[str, pd.DataFrame], cases: Path) -> None:
     events, items, users = shop["interactions"], without_images(shop["items"]), shop["users"]
-    write_case("renamed_column", "The customer column was renamed upstream.",
+    _missing_column_cases(events, items, users, cases)
+    _broken_file_cases(events, items, users, cases)
+    _float_id_cases(events, items, users, cases)
+    _bad_value_cases(events, items, users, cases)
+
+
+def _missing_column_cases(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame, cases: Path) -> None:
+    write_case(cases, "renamed_column", "The customer column was renamed upstream.",
                {"interactions": events.rename(columns={"customer": "client"}), "items": items, "users": users},
                stage="ingest", match=r"column 'customer' \(contract column 'interactions\.user_id'\) not found")
-    write_case("catalog_without_id_column", "The catalog export lost its sku column.",
+    write_case(cases, "catalog_without_id_column", "The catalog export lost its sku column.",
                {"interactions": events, "items": items.rename(columns={"sku": "product"}), "users": users},
                stage="ingest", match=r"items\.csv: column 'sku' \(contract column 'items\.item_id'\) not found")
-    folder = write_case("empty_file", "The event export is an empty file.",
+
+
+def _broken_file_cases(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame, cases: Path) -> None:
+    folder = write_case(cases, "empty_file", "The event export is an empty file.",
                         {"interactions": None, "items": items, "users": users},
                         stage="ingest", match=r"interactions\.csv: file is empty")
     (folder / "interactions.csv").write_bytes(b"")
-    write_case("header_only", "The event export has its header and no rows.",
+
+    write_case(cases, "header_only", "The event export has its header and no rows.",
                {"interactions": events.head(0), "items": items, "users": users},
                stage="ingest", match=r"interactions\.csv: file has a header but no rows")
-    folder = write_case("truncated_parquet", "The event export in Parquet was cut off half-way.",
+
+    folder = write_case(cases, "truncated_parquet", "The event export in Parquet was cut off half-way.",
                         {"interactions": None, "items": items, "users": users},
                         stage="ingest", match=r"interactions\.parquet: cannot be read as Parquet")
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(events, preserve_index=False), buffer)
     (folder / "interactions.parquet").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-    write_case("not_utf8", "The catalog was exported in Windows-1252, not UTF-8.",
-               {"interactions": events, "items": None, "users": users},
-               stage="ingest", match=r"items\.csv: not valid UTF-8 at byte \d+")
+
+    folder = write_case(cases, "not_utf8", "The catalog was exported in Windows-1252, not UTF-8.",
+                        {"interactions": events, "items": None, "users": users},
+                        stage="ingest", match=r"items\.csv: not valid UTF-8 at byte \d+")
     accented = items.assign(name=items["name"].str.replace("Product 03", "Café crème shirt"))
-    write_csv(accented, CASES_DIR / "not_utf8" / "items.csv", encoding="cp1252")
-    _float_id_cases(events, items, users)
-    write_case("unparseable_timestamp", "An event time reads 'yesterday'.",
+    write_csv(accented, folder / "items.csv", encoding="cp1252")
+
+
+def _bad_value_cases(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame, cases: Path) -> None:
+    write_case(cases, "unparseable_timestamp", "An event time reads 'yesterday'.",
                {"interactions": _set(events, 4, "event_time", "yesterday"), "items": items, "users": users},
                stage="ingest", match=r"column 'timestamp' row 5: cannot parse timestamp 'yesterday'")
-    write_case("non_numeric_rating", "A rating was exported as a word.",
+    write_case(cases, "non_numeric_rating", "A rating was exported as a word.",
                {"interactions": _set(events, 6, "stars", "five"), "items": items, "users": users},
                stage="ingest", match=r"column 'rating' row 7: 'five' is not a number")
 
 
-def _float_id_cases(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame) -> None:
+def _float_id_cases(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame, cases: Path) -> None:
     """Write the two cases of numeric ids stored as floats: one null, one fractional."""
     numbered = events.assign(customer=events["customer"].str[2:].astype(float))
     numbered.loc[9, "customer"] = np.nan
-    folder = write_case("float_ids_with_nan", "Customer ids came out of a spreadsheet as floats, one empty.",
+    folder = write_case(cases, "float_ids_with_nan", "Customer ids came out of a spreadsheet as floats, one empty.",
                         {"interactions": None, "items": items, "users": None},
                         stage="ingest", match=r"column 'user_id' has 1 null id\(s\); first at row 10")
     write_parquet(numbered, folder / "interactions.parquet")
     skus = events.assign(sku=events["sku"].str[4:].astype(float))
     skus.loc[11, "sku"] = 12.5
-    folder = write_case("fractional_ids", "A product id is 12.5 in a float column.",
+    folder = write_case(cases, "fractional_ids", "A product id is 12.5 in a float column.",
                         {"interactions": None, "items": None, "users": None},
                         stage="ingest", match=r"column 'item_id' row 12: id 12\.5 is not an integer or text")
     write_parquet(skus, folder / "interactions.parquet")
@@ -212,12 +226,12 @@ def _set(frame: pd.DataFrame, row: int, column: str, value) -> pd.DataFrame:
 # ---------------------------------------------------------------- cases validate rejects, one run
 
 
-def table_cases(shop: dict[str, pd.DataFrame]) -> None:
+def table_cases(shop: dict[str, pd.DataFrame], cases: Path) -> None:
     events, items, users = shop["interactions"], without_images(shop["items"]), shop["users"]
     day = 86_400
 
     def case(name: str, about: str, check: str, interactions=events, catalog=items, customers=users, params=None):
-        write_case(name, about, {"interactions": interactions, "items": catalog, "users": customers},
+        write_case(cases, name, about, {"interactions": interactions, "items": catalog, "users": customers},
                    check=check, params=params)
 
     case("rating_above_max", "Ratings exported on a 0-10 scale.", "interactions.rating_range",
@@ -261,11 +275,11 @@ def table_cases(shop: dict[str, pd.DataFrame]) -> None:
 # ---------------------------------------------------------------- cases with broken images
 
 
-def image_cases(shop: dict[str, pd.DataFrame]) -> None:
+def image_cases(shop: dict[str, pd.DataFrame], cases: Path) -> None:
     events, items, users = shop["interactions"], shop["items"], shop["users"]
 
     def case(name: str, about: str, check: str, catalog=items) -> Path:
-        return write_case(name, about, {"interactions": events, "items": catalog, "users": users},
+        return write_case(cases, name, about, {"interactions": events, "items": catalog, "users": users},
                           check=check, images=True)
 
     folder = case("image_not_decodable", "A product image holds random bytes.", "images.decodes")
@@ -289,13 +303,13 @@ def image_cases(shop: dict[str, pd.DataFrame]) -> None:
 # ---------------------------------------------------------------- cases that differ from the last good run
 
 
-def snapshot_cases(shop: dict[str, pd.DataFrame]) -> None:
+def snapshot_cases(shop: dict[str, pd.DataFrame], cases: Path) -> None:
     """Write cases that pass on their own but differ from the clean shop, their last good snapshot."""
     events, items, users = shop["interactions"], without_images(shop["items"]), shop["users"]
     week = 7 * 86_400
 
     def case(name: str, about: str, check: str, interactions=events, catalog=items, customers=users, params=None):
-        write_case(name, about, {"interactions": interactions, "items": catalog, "users": customers},
+        write_case(cases, name, about, {"interactions": interactions, "items": catalog, "users": customers},
                    check=check, params=params, baseline=True)
 
     day = pd.to_datetime(events["event_time"], unit="s", utc=True).dt.normalize()
@@ -321,23 +335,32 @@ def snapshot_cases(shop: dict[str, pd.DataFrame]) -> None:
          interactions=events.assign(customer=[users["customer"][n % len(users)] for n in range(len(events))]))
 
 
-def main() -> None:
-    for folder in (CLEAN_DIR, CASES_DIR):
-        if folder.exists():
-            shutil.rmtree(folder)
+def generate(folder: Path) -> tuple[Path, Path]:
+    """Write clean_shop/ and bad_inputs/ under `folder`, replacing what is there, and return both."""
+    clean, cases = folder / "clean_shop", folder / "bad_inputs"
+    for path in (clean, cases):
+        if path.exists():
+            shutil.rmtree(path)
     shop = clean_shop()
     for table, frame in shop.items():
-        write_csv(frame, CLEAN_DIR / f"{table}.csv")
-    write_images(shop["items"], CLEAN_DIR / "images")
-    CASES_DIR.mkdir(parents=True)
-    (CASES_DIR / "base_params.yaml").write_text(
+        write_csv(frame, clean / f"{table}.csv")
+    write_images(shop["items"], clean / "images")
+    cases.mkdir(parents=True)
+    (cases / "base_params.yaml").write_text(
         "# Params every case runs with (dotted keys); a case's own params apply on top.\n"
         + yaml.safe_dump(BASE_PARAMS, sort_keys=False), encoding="utf-8")
-    ingest_cases(shop)
-    table_cases(shop)
-    image_cases(shop)
-    snapshot_cases(shop)
-    print(f"wrote {CLEAN_DIR} and {len(list(CASES_DIR.glob('*/case.yaml')))} cases in {CASES_DIR}")
+    ingest_cases(shop, cases)
+    table_cases(shop, cases)
+    image_cases(shop, cases)
+    snapshot_cases(shop, cases)
+    return clean, cases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=HERE, help="folder to write clean_shop/ and bad_inputs/ in")
+    clean, cases = generate(parser.parse_args().output)
+    print(f"wrote {clean} and {len(list(cases.glob('*/case.yaml')))} cases in {cases}")
 
 
 if __name__ == "__main__":

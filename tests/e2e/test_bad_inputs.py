@@ -9,6 +9,7 @@ entry or last good snapshot.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
 import shutil
@@ -33,9 +34,14 @@ PROTECTED = ("data/split", "models", "data/quality/last_good.json", "data/qualit
 
 
 def prepare_workspace(root: Path, source: Path, params: dict) -> None:
-    """Copy a case's files to data/raw/ of a workspace and write its params.yaml."""
+    """Write the repository's params.yaml to a workspace, then install a case in it."""
     shutil.copyfile(REPO / config.PARAMS_FILE, root / config.PARAMS_FILE)
-    shutil.copytree(source, root / RAW, ignore=shutil.ignore_patterns("case.yaml"))
+    install_case(root, source, params)
+
+
+def install_case(root: Path, source: Path, params: dict) -> None:
+    """Copy a case's files to data/raw/ of a workspace and point its params.yaml at them."""
+    shutil.copytree(source, root / RAW, ignore=shutil.ignore_patterns("case.yaml"), dirs_exist_ok=True)
     files = {table: "" for table in config.TABLES}
     for path in sorted((root / RAW).iterdir()):
         if path.is_file() and path.stem in files:
@@ -67,7 +73,10 @@ def digest(root: Path) -> dict[str, str]:
     hashes = {}
     for relative in PROTECTED:
         target = root / relative
-        paths = [target] if target.is_file() else sorted(target.rglob("*")) if target.is_dir() else []
+        if target.is_file():
+            paths = [target]
+        else:
+            paths = sorted(target.rglob("*"))
         for path in paths:
             if path.is_file():
                 hashes[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -89,6 +98,19 @@ def last_good(tmp_path_factory):
 
 def test_corpus_has_thirty_cases():
     assert len(CASES) >= 30
+
+
+def test_corpus_matches_its_generator(tmp_path):
+    spec = importlib.util.spec_from_file_location("make_bad_inputs", DATA / "make_bad_inputs.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    generator.generate(tmp_path)
+    for name in ("clean_shop", "bad_inputs"):
+        expected = {path.relative_to(DATA / name): path for path in (DATA / name).rglob("*") if path.is_file()}
+        generated = {path.relative_to(tmp_path / name): path for path in (tmp_path / name).rglob("*") if path.is_file()}
+        assert sorted(generated) == sorted(expected)
+        changed = [str(key) for key, path in generated.items() if path.read_bytes() != expected[key].read_bytes()]
+        assert changed == [], "rerun tests/data/make_bad_inputs.py and commit its output"
 
 
 def test_clean_shop_passes_every_check(last_good):
