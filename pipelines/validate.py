@@ -86,7 +86,7 @@ def validate_tables(tables: dict[str, pd.DataFrame], rules: Rules, root: Path,
     """Run every check on the tables and return which failed, at which severity, and which were skipped."""
     counts = counts or drift.count_interactions(tables["interactions"])
     built, skipped = build_suites(tables, rules, root, last_good, counts)
-    results = engine.run_suites(built, rules.severity, run_id, rules.run_time, docs_dir)
+    results = engine.run_suites(built, rules.severity, run_id, pd.Timestamp.now(tz="UTC"), docs_dir)
     return Outcome(run_id=run_id, run_date=rules.run_time.isoformat(), results=results, skipped=skipped,
                    compared_with=last_good[0] if last_good else None)
 

@@ -130,7 +130,11 @@ def _format_threshold(threshold: dict[str, Any], column: str | None) -> str:
     if "min_value" in threshold or "max_value" in threshold:
         low = threshold.get("min_value")
         high = threshold.get("max_value")
-        return f"[{'-inf' if low is None else _show(low, column)}, {'inf' if high is None else _show(high, column)}]"
+        if low is None:
+            return f"at most {_show(high, column)}"
+        if high is None:
+            return f"at least {_show(low, column)}"
+        return f"[{_show(low, column)}, {_show(high, column)}]"
     return ", ".join(f"{key}={value}" for key, value in threshold.items())
 
 

@@ -29,7 +29,8 @@ def run_suites(suites: list[Suite], severities: dict[str, str], run_id: str, run
                docs_dir: Path | None = None) -> list[CheckResult]:
     """Validate every suite's frame and return one result per expectation.
 
-    When `docs_dir` is given, the Data Docs site of this run replaces its contents.
+    `run_time` is when the validation ran, as Data Docs show it. When
+    `docs_dir` is given, the Data Docs site of this run replaces its contents.
     """
     import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
@@ -104,7 +105,7 @@ def to_check_result(suite: Suite, item, severities: dict[str, str]) -> CheckResu
         severity=severities.get(check, "block"),
         table=suite.name,
         expectation=config.type,
-        column=config.kwargs.get("column") or _joined(config.kwargs.get("column_list")),
+        column=_column(config),
         success=bool(item.success),
         unexpected_count=int(result.get("unexpected_count") or 0),
         element_count=_plain(result.get("element_count")),
@@ -119,12 +120,17 @@ def _threshold(config) -> dict[str, Any]:
     """Return what the expectation allows: its bounds or set, and any allowance recorded in its meta."""
     threshold = {key: _plain_row(value) for key, value in config.kwargs.items()
                  if key not in NOT_THRESHOLDS and value is not None}
-    threshold.update({key: value for key, value in (config.meta or {}).items() if key != "check"})
+    threshold.update({key: value for key, value in (config.meta or {}).items() if key not in ("check", "column")})
     return threshold
 
 
-def _joined(columns: list[str] | None) -> str | None:
-    return ", ".join(columns) if columns else None
+def _column(config) -> str | None:
+    """Return the column a reader should look at: the one named in meta, else the one judged."""
+    meta = config.meta or {}
+    if "column" in meta:
+        return meta["column"]
+    columns = config.kwargs.get("column_list")
+    return config.kwargs.get("column") or (", ".join(columns) if columns else None)
 
 
 def _plain(value: Any) -> Any:

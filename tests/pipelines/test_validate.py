@@ -98,7 +98,7 @@ def test_rating_out_of_range_named(movielens_tables, tmp_path):
 def test_unknown_item_named(movielens_tables, tmp_path):
     tables = copy_tables(movielens_tables)
     tables["interactions"].loc[3, "item_id"] = "no-such-item"
-    result = failures(run(tables, tmp_path))[("interactions.known_items", "item_id_in_items")]
+    result = failures(run(tables, tmp_path))[("interactions.known_items", "item_id")]
     assert result.unexpected_count == 1
     assert result.examples[0]["item_id"] == "no-such-item"
 
