@@ -17,6 +17,9 @@ For each size, in a scratch workspace:
    suite restricted to that kind's expectations, plus the work shoprec does
    outside GE (reading, counting, the snapshot comparison, Data Docs).
 
+It also times the image checks on `--images` product photos of 28 x 28
+grey pixels, the size of the Fashion-MNIST pictures a shop catalog may use.
+
 The goal is a validate run under 2 minutes with peak memory under 6 GiB at
 10M rows on 2 cores.
 """
@@ -169,6 +172,32 @@ def _only_kind(suite, kind: str):
                                  suite.index_columns, suite.evidence)
 
 
+def time_images(count: int, scratch: Path) -> dict:
+    """Write `count` small PNG files, then time reading them and judging them with GE."""
+    from PIL import Image
+
+    root = scratch / "images"
+    folder = root / "data" / "images"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for number in range(count):
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), mode="L").save(folder / f"{number}.png")
+        paths.append(f"data/images/{number}.png")
+    items = pd.DataFrame({"item_id": [str(number) for number in range(count)],
+                          "image_path": pd.array(paths, dtype="string")})
+    rules = rules_from_params(config.section(config.load_params(REPO / config.PARAMS_FILE), "validate"))
+
+    started = time.perf_counter()
+    facts = validate.inspect_images(items, root, rules.images.folder)
+    opened = time.perf_counter() - started
+    started = time.perf_counter()
+    results = engine.run_suites([validate.suites.images_suite(facts, rules)], rules.severity, "bench", rules.run_time)
+    judged = time.perf_counter() - started
+    return {"images": count, "open_and_decode_seconds": round(opened, 2), "ge_suite_seconds": round(judged, 2),
+            "failures": sum(not result.success for result in results)}
+
+
 def measure(rows: int, scratch: Path) -> dict:
     root = scratch / f"rows{rows}"
     root.mkdir()
@@ -198,15 +227,18 @@ def measure(rows: int, scratch: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--images", type=int, default=2000, help="number of product images to time (0: none)")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "validate_scale.json")
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="shoprec-validate-bench-"))
     try:
         results = {str(rows): measure(rows, scratch) for rows in args.sizes}
+        images = time_images(args.images, scratch) if args.images else None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    report = {"machine": machine(), "cpus_available": len(os.sched_getaffinity(0)), "sizes": results}
+    report = {"machine": machine(), "cpus_available": len(os.sched_getaffinity(0)), "sizes": results,
+              "images": images}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

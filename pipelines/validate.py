@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 VALIDATION_REPORT = config.VALIDATION_REPORT
 DATA_DOCS_DIR = config.REPORTS_DIR / "data_docs"
+DATA_DOCS_INDEX = str(DATA_DOCS_DIR / "index.html")
 
 
 def load_tables(folder: Path) -> dict[str, pd.DataFrame]:
@@ -109,11 +110,11 @@ def gate(root: Path, params: dict[str, Any], source: dict[str, Any] | None = Non
 
     if outcome.blocked:
         folder = _quarantine(root, store, outcome, summary, source or {}, rules.quarantine_keep)
-        raise DataError(
-            f"{len(outcome.failed_checks('block'))} block check(s) failed: {', '.join(outcome.failed_checks('block'))}; "
-            f"rejected data quarantined in {folder}\n{summary}")
+        blocks = outcome.failed_checks("block")
+        raise DataError(f"{len(blocks)} block check(s) failed: {', '.join(blocks)}; "
+                        f"rejected data quarantined in {folder}\n{summary}")
 
-    write_json(report_json(outcome, str(DATA_DOCS_DIR / "index.html"), None), root / VALIDATION_REPORT)
+    write_json(report_json(outcome, DATA_DOCS_INDEX, None), root / VALIDATION_REPORT)
     log.log(logging.WARNING if outcome.failures else logging.INFO, "%s", summary)
     profile = drift.build_profile(counts, rules.rating_min, rules.rating_max)
     name = store.save_last_good(run_id, profile, {"run_date": outcome.run_date,
@@ -126,8 +127,7 @@ def _quarantine(root: Path, store: SnapshotStore, outcome: Outcome, summary: str
                 keep: int) -> Path:
     """Write the report, then keep it with the rejected tables, Data Docs and source files."""
     name = store.free_name(store.quarantine_dir, outcome.run_id)
-    report = report_json(outcome, str(DATA_DOCS_DIR / "index.html"),
-                         str((store.quarantine_dir / name).relative_to(root)))
+    report = report_json(outcome, DATA_DOCS_INDEX, str((store.quarantine_dir / name).relative_to(root)))
     write_json(report, root / VALIDATION_REPORT)
     copies = {"validation.json": root / VALIDATION_REPORT, "data_docs": root / DATA_DOCS_DIR,
               **_source_files(root, source)}

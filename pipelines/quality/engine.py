@@ -36,7 +36,7 @@ def run_suites(suites: list[Suite], severities: dict[str, str], run_id: str, run
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import DataContextConfig, InMemoryStoreBackendDefaults
 
-    # Without this, an ephemeral context adds a Data Docs site in a new temporary folder that is never deleted.
+    # Without this, an ephemeral context (GE 1.24) adds a Data Docs site in a temporary folder it never deletes.
     stores = InMemoryStoreBackendDefaults(init_temp_docs_sites=False)
     context = gx.get_context(mode="ephemeral", project_config=DataContextConfig(store_backend_defaults=stores))
     context.variables.progress_bars = {"globally": False}
