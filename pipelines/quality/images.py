@@ -56,7 +56,11 @@ def _inspect_one(item_id: str, image_path, root: Path, allowed: Path) -> tuple:
 
 
 def _decode(path: Path) -> tuple[str, tuple[int, int]] | None:
-    """Return the mode and size of a fully decoded image, or None when it does not decode."""
+    """Return the mode and size of a fully decoded image, or None when it does not decode.
+
+    Pillow refuses images above twice its MAX_IMAGE_PIXELS (about 179 million
+    pixels) with DecompressionBombError; such an image counts as not decoding.
+    """
     from PIL import Image
 
     try:
