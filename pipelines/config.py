@@ -19,6 +19,7 @@ CANDIDATE_DIR = Path("models/candidate")
 REGISTRY_DIR = Path("models/registry")
 PRODUCTION_POINTER = Path("models/production.json")
 REPORTS_DIR = Path("reports")
+VALIDATION_REPORT = REPORTS_DIR / "validation.json"
 METRICS_FILE = Path("metrics.json")
 GATE_FILE = Path("gate.json")
 

@@ -129,7 +129,7 @@ def normalise_ids(frame: pd.DataFrame, table: str, path: Path) -> pd.DataFrame:
             if len(fractional):
                 row = fractional[0]
                 raise DataError(
-                    f"{path}: column '{column}' row {row + 1}: id {values.iloc[row]!r} is not an integer or text"
+                    f"{path}: column '{column}' row {row + 1}: id {values.iloc[row].item()!r} is not an integer or text"
                 )
             values = values.astype("int64")
         text = values.astype(str).str.strip()

@@ -18,6 +18,7 @@ several movies in the same second: docs/evaluation.md gives the numbers.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ import pandas as pd
 
 from pipelines import config
 from pipelines.errors import ConfigError, DataError
-from pipelines.io import write_parquet_tables
+from pipelines.io import read_json, write_parquet_tables
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +104,29 @@ def split(interactions: pd.DataFrame, params: dict[str, Any]) -> dict[str, pd.Da
     return splits
 
 
+def require_validated(root: Path) -> None:
+    """Stop when the validate stage rejected the ingested data.
+
+    DVC already skips split after a failed validate; this also stops a split
+    started by hand. A workspace without a validation report is let through.
+    """
+    report_path = root / config.VALIDATION_REPORT
+    if not report_path.is_file():
+        return
+    report = read_json(report_path)
+    if report.get("passed") is False:
+        failed = ", ".join(report.get("block_failures") or []) or "see the report"
+        raise DataError(f"{report_path}: the ingested data failed validation ({failed}); "
+                        "fix the input and run ingest and validate again")
+
+
 def main() -> None:
     from pipelines.cli import run_stage
 
     def stage() -> None:
         params = config.section(config.load_params(), "split")
         root = config.workspace()
+        require_validated(root)
         source = root / config.INGESTED_DIR / "interactions.parquet"
         if not source.is_file():
             raise DataError(f"{source}: file not found; run the ingest stage first")

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO, update_params
+from tests.e2e.test_bad_inputs import CASES_DIR, install_case
 
 pytestmark = pytest.mark.e2e
 
@@ -145,6 +146,27 @@ def test_train_param_reruns_from_train(pipeline_run):
     champion = next(check for check in gate["checks"] if check["name"] == "test_ndcg@10 against production")
     assert gate["production_version"] == "v0001"
     assert champion["verdict"] in ("pass", "fail")
+
+
+def test_bad_data_stops_before_split(pipeline_run):
+    """An export with ratings on a 0-10 scale fails validate; nothing after it runs or changes."""
+    root = pipeline_run["root"]
+    protected = [root / "models" / "production.json", root / "data" / "quality" / "last_good.json",
+                 *sorted((root / "data" / "split").glob("*.parquet")),
+                 *sorted((root / "models" / "registry").rglob("*.json"))]
+    before = {path: path.read_bytes() for path in protected}
+    install_case(root, CASES_DIR / "rating_above_max", {})
+
+    result = subprocess.run(["dvc", "repro"], cwd=root, env=pipeline_run["env"], capture_output=True, text=True,
+                            timeout=600)
+
+    assert result.returncode != 0
+    assert re.findall(r"Running stage '(\w+)'", result.stdout) == ["ingest", "validate"]
+    assert "validate stage failed: " in result.stderr
+    assert "interactions.rating_range" in result.stderr
+    assert {path: path.read_bytes() for path in protected} == before
+    report = json.loads((root / "reports" / "validation.json").read_text())
+    assert (root / report["quarantine"] / "interactions.parquet").is_file()
 
 
 def test_registry_fetched_back_from_remote(pipeline_run):

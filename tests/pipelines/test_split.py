@@ -2,8 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import split
-from pipelines.errors import ConfigError
+from pipelines import config, split
+from pipelines.errors import ConfigError, DataError
+from pipelines.io import write_json
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +81,15 @@ def test_global_time_accepts_dates(movielens_tables):
 def test_bad_split_params(movielens_tables, params, pattern):
     with pytest.raises(ConfigError, match=pattern):
         split.split(movielens_tables["interactions"], params)
+
+
+def test_split_refuses_rejected_data(tmp_path):
+    write_json({"passed": False, "block_failures": ["interactions.rating_range"]}, tmp_path / config.VALIDATION_REPORT)
+    with pytest.raises(DataError, match=r"validation\.json: the ingested data failed validation "
+                                        r"\(interactions\.rating_range\)"):
+        split.require_validated(tmp_path)
+
+
+def test_split_accepts_validated_data(tmp_path):
+    write_json({"passed": True, "block_failures": []}, tmp_path / config.VALIDATION_REPORT)
+    split.require_validated(tmp_path)
