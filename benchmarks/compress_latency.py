@@ -1,0 +1,175 @@
+"""Size, latency, throughput and memory of the compressed candidates, on MovieLens-100K and on 200,000 items.
+
+Run from the repository root with the project's virtual environment, after
+`dvc repro` has run the compress stage in WORKSPACE (default: the repository):
+
+    .venv/bin/python benchmarks/compress_latency.py [--workspace DIR] [--items 200000]
+        [--output benchmarks/results/compress_latency.json]
+
+Part 1 times the saved MovieLens-100K teacher and candidates of WORKSPACE
+(models/candidate, models/compressed) again on its test users. Part 2 builds
+a synthetic catalog with the same model shape (embedding dim, history length,
+categories per item, users) but `--items` items and random weights, makes
+the same kinds of candidate from it (int8, int4, 50% pruned, a dim-16
+student and its int8 form), saves and reloads each as the stage does, and
+times top-10 for one user over the whole catalog (p50, p99, one thread),
+batch throughput and peak memory. Ratios are taken within this one run.
+Random weights say nothing about quality; part 2 reports how many of the
+fp32 top-10 each candidate keeps instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipelines import candidates, evaluate, measure, prune  # noqa: E402
+from pipelines.model import TwoTower, build_model, load_bundle, save_bundle  # noqa: E402
+from pipelines.scoring import model_top_k, user_state  # noqa: E402
+
+TIMED_USERS = 200
+BATCH_SIZE = 256
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return (f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def timings(path: Path, users: np.ndarray, all_users: np.ndarray, state: dict, reference: np.ndarray | None):
+    model, bundle = candidates.load_candidate(path)
+    row = {"size_bytes": path.stat().st_size, "parameters": candidates.parameter_counts(bundle)["parameters"]}
+    row.update(measure.latency(model, users, state, 10))
+    row.update(measure.throughput(model, all_users, state, 10, BATCH_SIZE))
+    row.update(measure.peak_memory(path))
+    with measure.threads(1):
+        top, _ = model_top_k(model, users, state, 10)
+    if reference is not None:
+        row["top10_kept_vs_fp32"] = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top, reference)]))
+    return row, top
+
+
+def movielens(workspace: Path) -> dict:
+    """Re-time the teacher and every saved candidate of the workspace on its test users."""
+    teacher_path = workspace / "models" / "candidate" / "model.pt"
+    _, bundle = load_bundle(teacher_path)
+    tables = evaluate.load_tables(workspace)
+    state = user_state([tables["train"], tables["valid"]], bundle["item_ids"], bundle["user_ids"],
+                       int(bundle["config"]["history_length"]))
+    test_users, _, _ = evaluate.test_targets(tables["test"], bundle["item_ids"], bundle["user_ids"])
+    users = test_users[np.linspace(0, len(test_users) - 1, TIMED_USERS).astype(int)]
+    all_users = np.arange(1, len(bundle["user_ids"]) + 1)
+    paths = {"teacher": teacher_path}
+    paths.update({folder.name: folder / "model.pt" for folder in sorted((workspace / "models" / "compressed").iterdir())
+                  if (folder / "model.pt").is_file()})
+    rows, reference = {}, None
+    for name, path in paths.items():
+        rows[name], top = timings(path, users, all_users, state, reference)
+        reference = top if reference is None else reference
+        print(f"movielens {name}: {rows[name]}", flush=True)
+    return {"items": len(bundle["item_ids"]), "models": rows}
+
+
+def synthetic_catalog(n_items: int, n_users: int, dim: int, history_length: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    categories = torch.randint(1, 20, (n_items + 1, 6), generator=generator)
+    categories[:, 3:] *= torch.rand(n_items + 1, 3, generator=generator) < 0.3  # most items have 3 categories
+    categories[0] = 0
+    years = torch.randint(1, 17, (n_items + 1,), generator=generator)
+    years[0] = 0
+    torch.manual_seed(seed)
+    teacher = TwoTower(n_items, n_users, categories, years, dim, history_length, 0.2).eval()
+    histories = np.asarray(torch.randint(1, n_items + 1, (n_users + 1, history_length), generator=generator))
+    histories[0] = 0
+    # Each user has seen exactly the items of their history (user 0 is padding and has seen nothing).
+    state = {"histories": histories, "seen_indptr": np.r_[0, np.arange(n_users + 1) * history_length],
+             "seen_indices": histories[1:].reshape(-1)}
+    return teacher, state
+
+
+def synthetic(n_items: int, n_users: int, folder: Path) -> dict:
+    """Build and time teacher-shaped candidates on a random `n_items` catalog."""
+    teacher, state = synthetic_catalog(n_items, n_users, 64, 50)
+    config = {"n_items": n_items, "n_users": n_users, "embedding_dim": 64, "history_length": 50, "dropout": 0.2}
+    bundle = {"item_ids": [str(i) for i in range(1, n_items + 1)], "user_ids": [str(u) for u in range(1, n_users + 1)]}
+    paths = {"teacher": folder / "teacher.pt"}
+    save_bundle(teacher, config, bundle["item_ids"], bundle["user_ids"], paths["teacher"])
+    started = time.time()
+    for bits in (8, 4):
+        paths[f"int{bits}"] = folder / f"int{bits}.pt"
+        candidates.save_quantized(teacher, bits, config, bundle, paths[f"int{bits}"], {"bits": bits})
+    pruned, _ = load_bundle(paths["teacher"])
+    masks = prune.magnitude_masks({name: weight.detach() for name, weight in prune.prunable_weights(pruned).items()},
+                                  0.5, "per_tensor")
+    prune.apply_masks(pruned, masks)
+    paths["prune_50"] = folder / "prune_50.pt"
+    candidates.save_sparse(pruned, config, bundle, paths["prune_50"], {"sparsity": 0.5})
+    student_config = {**config, "embedding_dim": 16}
+    student = build_model(student_config, teacher.item_categories, teacher.item_year_buckets).eval()
+    paths["student"] = folder / "student.pt"
+    save_bundle(student, student_config, bundle["item_ids"], bundle["user_ids"], paths["student"])
+    paths["student_int8"] = folder / "student_int8.pt"
+    candidates.save_quantized(student, 8, student_config, bundle, paths["student_int8"], {"bits": 8})
+    print(f"synthetic: built candidates in {time.time() - started:.1f} s", flush=True)
+
+    users = np.linspace(1, n_users, TIMED_USERS).astype(np.int64)
+    all_users = np.arange(1, n_users + 1)
+    rows, reference = {}, None
+    for name, path in paths.items():
+        rows[name], top = timings(path, users, all_users, state, reference)
+        reference = top if reference is None else reference
+        print(f"synthetic {name}: {rows[name]}", flush=True)
+    return {"items": n_items, "users": n_users, "models": rows}
+
+
+def ratios(models: dict) -> dict:
+    teacher = models["teacher"]
+    return {name: {"smaller": teacher["size_bytes"] / row["size_bytes"],
+                   "p50_speedup": teacher["latency_p50_ms"] / row["latency_p50_ms"],
+                   "p99_speedup": teacher["latency_p99_ms"] / row["latency_p99_ms"],
+                   "throughput_speedup": row["throughput_users_per_s"] / teacher["throughput_users_per_s"]}
+            for name, row in models.items() if name != "teacher"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", type=Path, default=REPO)
+    parser.add_argument("--items", type=int, default=200_000)
+    parser.add_argument("--users", type=int, default=943, help="users of the synthetic catalog (MovieLens: 943)")
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "compress_latency.json")
+    args = parser.parse_args()
+
+    results = {"machine": machine(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "command": " ".join(sys.argv)}
+    results["movielens"] = movielens(args.workspace.resolve())
+    results["movielens"]["ratios"] = ratios(results["movielens"]["models"])
+    with tempfile.TemporaryDirectory(prefix="shoprec-compress-bench-") as scratch:
+        results["synthetic"] = synthetic(args.items, args.users, Path(scratch))
+    results["synthetic"]["ratios"] = ratios(results["synthetic"]["models"])
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    for part in ("movielens", "synthetic"):
+        for name, ratio in results[part]["ratios"].items():
+            print(f"{part:9s} {name:13s} " + ", ".join(f"{key} {value:.2f}x" for key, value in ratio.items()))
+
+
+if __name__ == "__main__":
+    main()

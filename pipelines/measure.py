@@ -1,0 +1,113 @@
+"""Measure a scoring model: ranking quality, top-K latency, batch throughput and peak memory.
+
+Latency is the wall time to rank the whole catalog for one user (user tower,
+scores, seen-item mask, top-K) on one thread; throughput ranks every user in
+batches, also on one thread, so figures compare models rather than machines.
+
+Run as `python -m pipelines.measure MODEL_FILE` to print, as JSON, the peak
+resident memory that loading MODEL_FILE and ranking for one user adds to a
+fresh Python process that has already imported torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from pipelines import metrics
+from pipelines.errors import DataError
+from pipelines.scoring import model_top_k
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def threads(count: int) -> Iterator[None]:
+    """Run the block with `count` torch threads, then restore the previous number."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def quality(model, users: np.ndarray, indptr: np.ndarray, indices: np.ndarray, state: dict[str, np.ndarray],
+            k: int) -> dict[str, float]:
+    """Test NDCG@k and Recall@k over `users`, with the standard error of the mean NDCG."""
+    top, _ = model_top_k(model, users, state, k)
+    per_user = metrics.per_user_metrics(top, indptr, indices)
+    ndcg = per_user["ndcg"]
+    return {
+        f"test_ndcg@{k}": float(ndcg.mean()),
+        f"test_recall@{k}": float(per_user["recall"].mean()),
+        f"test_ndcg@{k}_stderr": float(ndcg.std(ddof=1) / np.sqrt(len(ndcg))) if len(ndcg) > 1 else 0.0,
+    }
+
+
+def latency(model, users: np.ndarray, state: dict[str, np.ndarray], k: int, warmup: int = 5) -> dict[str, float]:
+    """p50 and p99 milliseconds to rank the catalog for one user, over `users`, on one thread."""
+    if len(users) == 0:
+        raise DataError("latency: no users to measure")
+    timings = []
+    with threads(1):
+        for index in range(warmup + len(users)):
+            user = users[index % len(users): index % len(users) + 1]
+            started = time.perf_counter()
+            model_top_k(model, user, state, k)
+            if index >= warmup:
+                timings.append(time.perf_counter() - started)
+    milliseconds = 1000 * np.array(timings)
+    return {"latency_p50_ms": float(np.percentile(milliseconds, 50)),
+            "latency_p99_ms": float(np.percentile(milliseconds, 99))}
+
+
+def throughput(model, users: np.ndarray, state: dict[str, np.ndarray], k: int, batch_size: int) -> dict[str, float]:
+    """Users ranked per second when all `users` are scored in batches, on one thread."""
+    with threads(1):
+        model_top_k(model, users[:batch_size], state, k, batch_size)  # warm-up: kernels pack on first use
+        started = time.perf_counter()
+        model_top_k(model, users, state, k, batch_size)
+        elapsed = time.perf_counter() - started
+    return {"throughput_users_per_s": len(users) / elapsed if elapsed > 0 else float("inf")}
+
+
+def peak_memory(path: Path, timeout: float = 300) -> dict[str, int]:
+    """Peak resident bytes that loading `path` and ranking for one user add, from a fresh process."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-m", "pipelines.measure", str(path)], capture_output=True,
+                            text=True, env=env, timeout=timeout, check=False)
+    if result.returncode != 0:
+        raise DataError(f"{path}: memory probe failed: {result.stderr.strip()[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def probe_memory(path: Path) -> dict[str, int]:
+    """Body of the memory probe; ru_maxrss is the process's high-water mark in KiB on Linux."""
+    from pipelines.candidates import load_candidate
+
+    torch.ones(64, 64) @ torch.ones(64, 64)  # let torch set up its allocator and thread pool first
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model, _ = load_candidate(path)
+    history = torch.zeros((1, model.history_length), dtype=torch.long)
+    with torch.no_grad():
+        torch.topk(model(torch.ones(1, dtype=torch.long), history), 10)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_memory_bytes": 1024 * (after - before), "process_peak_bytes": 1024 * after}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m pipelines.measure MODEL_FILE")
+    print(json.dumps(probe_memory(Path(sys.argv[1]))))
