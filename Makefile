@@ -44,4 +44,4 @@ test: setup
 	python -m pytest
 
 clean-outputs:
-	rm -rf data/ingested data/split models/candidate dvclive reports metrics.json gate.json checkpoints
+	rm -rf data/ingested data/split models/candidate models/compressed dvclive reports metrics.json gate.json checkpoints

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines import config, prune, split, train
+from pipelines import config, measure, prune, split, train
 from pipelines.io import write_parquet_tables
 from pipelines.model import build_model, save_bundle
 from tests.conftest import REPO
@@ -37,7 +37,8 @@ def small_workspace(movielens_tables, tmp_path_factory):
     teacher = build_model(loop["model_config"], torch.tensor(loop["arrays"]["item_categories"]),
                           torch.tensor(loop["arrays"]["item_year_buckets"]))
     hparams = {**TRAIN_PARAMS, "learning_rate": 0.01}
-    prune.fine_tune(teacher, {}, loop["arrays"], hparams, steps=200, eval_every=50)
+    with measure.threads(1):
+        prune.fine_tune(teacher, {}, loop["arrays"], hparams, steps=150, eval_every=50)
     catalog = data["catalog"]
     save_bundle(teacher, loop["model_config"], catalog.item_ids, catalog.user_ids,
                 root / config.CANDIDATE_DIR / "model.pt")
