@@ -10,7 +10,7 @@ so it also loads with `torch.load(..., weights_only=True)`:
   layers (pipelines/quantize.py); loading keeps the codes, so it scores on them.
 
 Integer buffers (item categories, year buckets) are stored in the narrowest
-integer type that holds their values and widened on load, and the item and
+integer type that fits their values and widened on load, and the item and
 user ids as one newline-separated string each.
 """
 
@@ -33,7 +33,7 @@ ID_SEPARATOR = "\n"
 
 
 def narrow_integers(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor in the narrowest integer type that holds all its values (unchanged if not integer)."""
+    """Return the tensor in the narrowest integer type that fits its values (unchanged if not integer)."""
     if tensor.is_floating_point() or tensor.dtype == torch.bool or tensor.numel() == 0:
         return tensor
     low, high = int(tensor.min()), int(tensor.max())
@@ -158,7 +158,7 @@ def build_sparse(bundle: dict[str, Any]) -> TwoTower:
 
 
 def parameter_counts(bundle: dict[str, Any]) -> dict[str, int]:
-    """Number of weights the model represents, and how many of them are nonzero.
+    """Count the weights the model represents and, unless it is quantized, how many are nonzero.
 
     Integer buffers (the item feature ids) are not weights. A quantized model
     counts one weight per code; biases and the position logits count too.
@@ -183,4 +183,4 @@ def parameter_counts(bundle: dict[str, Any]) -> dict[str, int]:
     total += sum(table.n_rows * table.dim for table in (model.item_table, model.user_embedding))
     total += sum(layer.codes.numel() + layer.bias.numel() for layer in model.user_mlp
                  if isinstance(layer, quantize.Int8Linear))
-    return {"parameters": total, "nonzero": total}
+    return {"parameters": total}

@@ -1,18 +1,20 @@
 """Knowledge distillation: train a smaller two-tower student to rank items like the teacher.
 
-The student is a TwoTower with a smaller embedding dim; its user MLP is
-3 x dim -> 2 x dim -> dim, so it shrinks with the dim. With `init:
-teacher_pca` its tables start as the teacher's projected on their top
-principal directions, which reaches in one epoch what a random start needs
-about four for (measured on MovieLens-100K, dim 16 from 64). It trains through the
-train stage's Ray Train and Lightning path (pipelines/train.py) with the
-train stage's loss on the true next items plus a soft-target loss: each
+The student is a TwoTower with a smaller embedding dim, and its user MLP
+(3 x dim -> 2 x dim -> dim) shrinks with the dim. It trains through the train
+stage's Ray Train and Lightning path (pipelines/train.py). Its loss adds a
+soft-target term to the train stage's loss on the true next items. Each
 batch's targets and `num_sampled` uniformly drawn items are scored by both
-models, and the student's softmax at temperature T is pulled towards the
-teacher's by the KL divergence, scaled by T^2 so its gradients keep their
-size as T changes:
+models, and the KL divergence pulls the student's softmax at temperature T
+towards the teacher's. The term is scaled by T^2 so that its gradients keep
+their size as T changes:
 
     loss = alpha x KL(teacher || student) x T^2 + (1 - alpha) x train loss
+
+With `init: teacher_pca` the student's tables start as the teacher's,
+projected on their top principal directions. On MovieLens-100K (dim 16 from
+64, alpha 0.5, T 2) that start reached after one epoch the validation
+NDCG@10 that a random start reached after three to five epochs.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def build_distill_module(loop_config: dict[str, Any]):
 
 
 def top_directions(table: torch.Tensor, count: int) -> torch.Tensor:
-    """The `count` top right singular vectors of a table (dim, count): its principal directions."""
+    """Return the `count` top right singular vectors of a table (dim, count), its principal directions."""
     _, _, vh = torch.linalg.svd(table.detach().float(), full_matrices=False)
     return vh[:count].T
 
@@ -124,8 +126,8 @@ def init_from_teacher(student: TwoTower, teacher: TwoTower) -> None:
     """Start the student's tables as the teacher's, projected on their top principal directions.
 
     The item, category and year tables add up to the item vectors, so they
-    share the directions of the teacher's item vectors; the user table uses its
-    own. The user MLP keeps its random start.
+    share the directions of the teacher's item vectors. The user table uses
+    its own directions, and the user MLP keeps its random start.
     """
     dim = student.item_embedding.embedding_dim
     item_directions = top_directions(teacher.item_vectors()[1:], dim)
@@ -136,7 +138,7 @@ def init_from_teacher(student: TwoTower, teacher: TwoTower) -> None:
 
 
 def student_params(train_params: dict[str, Any], settings: dict[str, Any], teacher_config: dict[str, Any]) -> dict:
-    """The train params of the student run: the train stage's Ray and data settings, the student's sizes."""
+    """Return the train params of the student's run: train's Ray and data settings with the student's sizes."""
     return {
         **train_params,
         "embedding_dim": int(settings["embedding_dim"]),

@@ -5,16 +5,18 @@ scores, seen-item mask, top-K) on one thread; throughput ranks every user in
 batches, also on one thread, so figures compare models rather than machines.
 
 Run as `python -m pipelines.measure MODEL_FILE` to print, as JSON, the peak
-resident memory that loading MODEL_FILE and ranking for one user adds to a
-fresh Python process that has already imported torch.
+and the final resident memory that loading MODEL_FILE and ranking for one
+user add to a fresh Python process that has already imported torch. This
+probe reads /proc, so it runs on Linux only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
-import resource
+import re
 import subprocess
 import sys
 import time
@@ -84,8 +86,10 @@ def throughput(model, users: np.ndarray, state: dict[str, np.ndarray], k: int, b
 
 def peak_memory(path: Path, timeout: float = 300) -> dict[str, int]:
     """Peak resident bytes that loading `path` and ranking for one user add, from a fresh process."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
-                                                                      os.environ.get("PYTHONPATH")]))}
+    python_path = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
+    # A fixed mmap threshold makes glibc return every freed block over 64 KiB to the system at
+    # once, so the probe's first pass leaves no freed tensor memory for the measured pass to reuse.
+    env = {**os.environ, "PYTHONPATH": python_path, "MALLOC_MMAP_THRESHOLD_": "65536"}
     result = subprocess.run([sys.executable, "-m", "pipelines.measure", str(path)], capture_output=True,
                             text=True, env=env, timeout=timeout, check=False)
     if result.returncode != 0:
@@ -93,18 +97,37 @@ def peak_memory(path: Path, timeout: float = 300) -> dict[str, int]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def memory_status() -> dict[str, int]:
+    """Current (VmRSS) and peak (VmHWM) resident bytes of this process, from /proc/self/status."""
+    text = Path("/proc/self/status").read_text(encoding="utf-8")
+    return {key: 1024 * int(re.search(rf"{key}:\s+(\d+) kB", text).group(1)) for key in ("VmRSS", "VmHWM")}
+
+
 def probe_memory(path: Path) -> dict[str, int]:
-    """Body of the memory probe; ru_maxrss is the process's high-water mark in KiB on Linux."""
+    """Body of the memory probe: resident bytes added by loading `path` and ranking for one user.
+
+    Writing 5 to /proc/self/clear_refs resets the peak (Linux 4.0 and later), so
+    the peak counts only what loading and scoring add to the warmed-up process.
+    """
     from pipelines.candidates import load_candidate
 
-    torch.ones(64, 64) @ torch.ones(64, 64)  # let torch set up its allocator and thread pool first
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    model, _ = load_candidate(path)
-    history = torch.zeros((1, model.history_length), dtype=torch.long)
-    with torch.no_grad():
-        torch.topk(model(torch.ones(1, dtype=torch.long), history), 10)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_memory_bytes": 1024 * (after - before), "process_peak_bytes": 1024 * after}
+    def load_and_rank():
+        model, _ = load_candidate(path)
+        history = torch.zeros((1, model.history_length), dtype=torch.long)
+        with torch.no_grad():
+            torch.topk(model(torch.ones(1, dtype=torch.long), history), 10)
+        return model
+
+    # A first pass pages in the code and libraries that loading and scoring use, then is freed.
+    load_and_rank()
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5", encoding="utf-8")
+    before = memory_status()
+    model = load_and_rank()  # kept referenced, so its tensors are still resident when measured
+    after = memory_status()
+    del model
+    return {"peak_memory_bytes": after["VmHWM"] - before["VmRSS"],
+            "resident_memory_bytes": after["VmRSS"] - before["VmRSS"]}
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def mlp(graph: GraphBuilder, x: str, layers: list[dict[str, Any]]) -> str:
 
 
 def build_graph(model, n_items: int, history_length: int):
-    """The ONNX model of `model`'s scoring, TwoTower.forward's computation on the folded tensors."""
+    """Build the ONNX model of `model`'s scoring: TwoTower.forward's computation on the folded tensors."""
     import onnx
     from onnx import TensorProto, helper
 

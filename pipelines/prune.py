@@ -59,9 +59,9 @@ def importance(weight: torch.Tensor) -> torch.Tensor:
 def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: str) -> dict[str, torch.Tensor]:
     """Boolean masks (True = kept) that remove round(sparsity x size) of the least important weights.
 
-    `per_tensor` removes that share of each tensor; `global` ranks all weights
-    together by their per-tensor importance, so tensors end up with different
-    sparsities and the total matches.
+    `per_tensor` removes that share of each tensor. `global` ranks all weights
+    together by their per-tensor importance, so the total matches while each
+    tensor ends up with its own sparsity.
     """
     scores = {name: importance(weight).flatten() for name, weight in weights.items()}
     if scope == "per_tensor":

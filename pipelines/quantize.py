@@ -41,12 +41,12 @@ CLIP_RATIOS = [0.52 + 0.04 * step for step in range(13)]
 CENTRE_SHIFTS = [-0.05, 0.0, 0.05]
 # torch._weight_int4pack_mm_for_cpu accepts these group sizes; one group per row needs dim among them.
 INT4_GROUP_SIZES = (32, 64, 128, 256)
-# The 4-bit kernel packs rows in tiles; padding the table to a multiple of this keeps the tiling
-# the same when it is packed in chunks of INT4_PACK_CHUNK rows.
+# The 4-bit kernel packs rows in tiles. Padding the table to a multiple of this keeps the tiling
+# the same when the table is packed in chunks of INT4_PACK_CHUNK rows.
 INT4_ROW_MULTIPLE = 64
 INT4_PACK_CHUNK = 4096
-# torch 2.13 warns on every creation of a qint8 tensor (quantized dtypes are deprecated in favour of
-# torchao). The fbgemm linear op still needs one to pack its weight, so only that warning is ignored.
+# torch 2.13 warns when a qint8 tensor is created, because quantized dtypes are deprecated in favour
+# of torchao. The fbgemm linear op still needs one to pack its weight, so only that warning is ignored.
 QINT8_DEPRECATION = r".*quantized tensor creation functions.*deprecated"
 
 
