@@ -13,7 +13,12 @@ categories per item, users) but `--items` items and random weights, makes
 the same kinds of candidate from it (int8, int4, 50% pruned, a dim-16
 student and its int8 form), saves and reloads each as the stage does, and
 times top-10 for one user over the whole catalog (p50, p99, one thread),
-batch throughput and peak memory. Ratios are taken within this one run.
+batch throughput and peak memory. Every model is loaded as the compress
+stage loads it (candidates.load_candidate), so the fp32 teacher, pruned
+model and student score with their item vectors computed once at load.
+`teacher_unfolded` is the teacher as the train stage's TwoTower scores,
+recomputing every item vector on each call. Ratios are taken within this
+one run, against the folded fp32 teacher.
 Random weights say nothing about quality; part 2 reports how many of the
 fp32 top-10 each candidate keeps instead.
 """
@@ -54,17 +59,31 @@ def machine() -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
-def timings(path: Path, users: np.ndarray, all_users: np.ndarray, state: dict, reference: np.ndarray | None):
-    model, bundle = candidates.load_candidate(path)
-    row = {"size_bytes": path.stat().st_size, "parameters": candidates.parameter_counts(bundle)["parameters"]}
-    row.update(measure.latency(model, users, state, 10))
+def speed(model, users: np.ndarray, all_users: np.ndarray, state: dict, reference: np.ndarray | None):
+    """Latency, throughput and (against `reference`) the share of fp32 top-10 items kept; plus the top-10."""
+    row = dict(measure.latency(model, users, state, 10))
     row.update(measure.throughput(model, all_users, state, 10, BATCH_SIZE))
-    row.update(measure.peak_memory(path))
     with measure.threads(1):
         top, _ = model_top_k(model, users, state, 10)
     if reference is not None:
         row["top10_kept_vs_fp32"] = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top, reference)]))
     return row, top
+
+
+def timings(paths: dict[str, Path], users: np.ndarray, all_users: np.ndarray, state: dict, part: str) -> dict:
+    """Measure every saved model as the stage loads it, then the teacher as train saved it, unfolded."""
+    rows, reference = {}, None
+    for name, path in paths.items():
+        model, bundle = candidates.load_candidate(path)
+        rows[name], top = speed(model, users, all_users, state, reference)
+        reference = top if reference is None else reference
+        rows[name].update(size_bytes=path.stat().st_size,
+                          parameters=candidates.parameter_counts(bundle)["parameters"], **measure.peak_memory(path))
+        print(f"{part} {name}: {rows[name]}", flush=True)
+    teacher, _ = load_bundle(paths["teacher"])
+    rows["teacher_unfolded"], _ = speed(teacher, users, all_users, state, reference)
+    print(f"{part} teacher_unfolded: {rows['teacher_unfolded']}", flush=True)
+    return rows
 
 
 def movielens(workspace: Path) -> dict:
@@ -80,12 +99,7 @@ def movielens(workspace: Path) -> dict:
     paths = {"teacher": teacher_path}
     paths.update({folder.name: folder / "model.pt" for folder in sorted((workspace / "models" / "compressed").iterdir())
                   if (folder / "model.pt").is_file()})
-    rows, reference = {}, None
-    for name, path in paths.items():
-        rows[name], top = timings(path, users, all_users, state, reference)
-        reference = top if reference is None else reference
-        print(f"movielens {name}: {rows[name]}", flush=True)
-    return {"items": len(bundle["item_ids"]), "models": rows}
+    return {"items": len(bundle["item_ids"]), "models": timings(paths, users, all_users, state, "movielens")}
 
 
 def synthetic_catalog(n_items: int, n_users: int, dim: int, history_length: int, seed: int = 0):
@@ -132,21 +146,26 @@ def synthetic(n_items: int, n_users: int, folder: Path) -> dict:
 
     users = np.linspace(1, n_users, TIMED_USERS).astype(np.int64)
     all_users = np.arange(1, n_users + 1)
-    rows, reference = {}, None
-    for name, path in paths.items():
-        rows[name], top = timings(path, users, all_users, state, reference)
-        reference = top if reference is None else reference
-        print(f"synthetic {name}: {rows[name]}", flush=True)
+    rows = timings(paths, users, all_users, state, "synthetic")
+    for name in ("student", "student_int8"):
+        # An untrained student ranks nothing like the random teacher, so the overlap means nothing here.
+        rows[name].pop("top10_kept_vs_fp32", None)
     return {"items": n_items, "users": n_users, "models": rows}
 
 
 def ratios(models: dict) -> dict:
+    """Size and speed of each model relative to the folded fp32 teacher."""
     teacher = models["teacher"]
-    return {name: {"smaller": teacher["size_bytes"] / row["size_bytes"],
-                   "p50_speedup": teacher["latency_p50_ms"] / row["latency_p50_ms"],
-                   "p99_speedup": teacher["latency_p99_ms"] / row["latency_p99_ms"],
-                   "throughput_speedup": row["throughput_users_per_s"] / teacher["throughput_users_per_s"]}
-            for name, row in models.items() if name != "teacher"}
+    result = {}
+    for name, row in models.items():
+        if name == "teacher":
+            continue
+        result[name] = {"p50_speedup": teacher["latency_p50_ms"] / row["latency_p50_ms"],
+                        "p99_speedup": teacher["latency_p99_ms"] / row["latency_p99_ms"],
+                        "throughput_speedup": row["throughput_users_per_s"] / teacher["throughput_users_per_s"]}
+        if "size_bytes" in row:
+            result[name]["smaller"] = teacher["size_bytes"] / row["size_bytes"]
+    return result
 
 
 def main() -> None:

@@ -126,21 +126,26 @@ def read_candidate(path: Path) -> dict[str, Any]:
 def load_candidate(path: Path, fast: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """Load the teacher, a student or a compressed candidate as a scoring module in eval mode.
 
-    `fast` picks the serving kernels of a quantized model; False picks the
-    exact fp32-activation kernels (see pipelines/quantize.py).
+    With `fast` (serving), an fp32 model comes back folded (its item vectors
+    computed once, quantize.FoldedTwoTower) and a quantized one uses its fast
+    kernels. Without it, an fp32 model is the TwoTower itself and a quantized
+    one uses the exact fp32-activation kernels (see pipelines/quantize.py).
     """
     bundle = read_candidate(path)
     kind = bundle.get("kind")
     if kind is None:
-        return load_bundle(path)
-    try:
-        if kind == "sparse":
-            model = build_sparse(bundle)
-        else:
-            model = quantize.QuantizedTwoTower(bundle["tensors"], bundle["config"], fast)
-    except (KeyError, ValueError, RuntimeError) as error:
-        raise RegistryError(f"{path}: damaged {kind} model ({type(error).__name__}: {error})") from error
+        model, bundle = load_bundle(path)
+    else:
+        try:
+            if kind == "sparse":
+                model = build_sparse(bundle)
+            else:
+                model = quantize.QuantizedTwoTower(bundle["tensors"], bundle["config"], fast)
+        except (KeyError, ValueError, RuntimeError) as error:
+            raise RegistryError(f"{path}: damaged {kind} model ({type(error).__name__}: {error})") from error
     model.eval()
+    if fast and isinstance(model, TwoTower):
+        model = quantize.FoldedTwoTower(model).eval()
     return model, bundle
 
 

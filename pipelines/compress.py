@@ -250,7 +250,8 @@ def measure_model(path: Path, inputs: dict[str, Any], k: int, batch_size: int) -
     row = {"size_bytes": path.stat().st_size, "parameters": counts["parameters"]}
     if "nonzero" in counts:
         row["nonzero_parameters"] = counts["nonzero"]
-    row.update(measure.quality(model, inputs["users"], inputs["indptr"], inputs["indices"], inputs["state"], k))
+    scores, per_user = measure.quality(model, inputs["users"], inputs["indptr"], inputs["indices"], inputs["state"], k)
+    row.update(scores, per_user_ndcg=per_user)
     row.update(measure.latency(model, inputs["timed_users"], inputs["state"], k))
     row.update(measure.throughput(model, inputs["all_users"], inputs["state"], k, batch_size))
     row.update(measure.peak_memory(path))
@@ -258,7 +259,10 @@ def measure_model(path: Path, inputs: dict[str, Any], k: int, batch_size: int) -
 
 
 def measure_all(rows: list[dict[str, Any]], inputs: dict[str, Any], k: int, batch_size: int) -> None:
-    """Add measurements to every built row in place; a row whose measuring fails becomes failed."""
+    """Add measurements to every built row in place; a row whose measuring fails becomes failed.
+
+    The first row is the teacher; every other measured row is also compared with it user by user.
+    """
     for row in rows:
         if row["status"] != "ok":
             continue
@@ -270,6 +274,11 @@ def measure_all(rows: list[dict[str, Any]], inputs: dict[str, Any], k: int, batc
             continue
         log.info("%s: NDCG@%d %.4f, %d bytes, p50 %.3f ms, p99 %.3f ms", row["name"], k, row[f"test_ndcg@{k}"],
                  row["size_bytes"], row["latency_p50_ms"], row["latency_p99_ms"])
+    teacher = rows[0].get("per_user_ndcg")
+    for row in rows:
+        per_user = row.pop("per_user_ndcg", None)
+        if teacher is not None and per_user is not None:
+            row.update(measure.paired_comparison(per_user, teacher, k))
 
 
 # ---------------------------------------------------------------- outputs

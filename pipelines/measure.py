@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from pipelines import metrics
-from pipelines.errors import DataError
+from pipelines.errors import DataError, ShoprecError
 from pipelines.scoring import model_top_k
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -45,16 +45,33 @@ def threads(count: int) -> Iterator[None]:
 
 
 def quality(model, users: np.ndarray, indptr: np.ndarray, indices: np.ndarray, state: dict[str, np.ndarray],
-            k: int) -> dict[str, float]:
-    """Test NDCG@k and Recall@k over `users`, with the standard error of the mean NDCG."""
+            k: int) -> tuple[dict[str, float], np.ndarray]:
+    """Test NDCG@k and Recall@k over `users` with the standard error of the mean NDCG; and NDCG per user."""
     top, _ = model_top_k(model, users, state, k)
     per_user = metrics.per_user_metrics(top, indptr, indices)
     ndcg = per_user["ndcg"]
     return {
         f"test_ndcg@{k}": float(ndcg.mean()),
         f"test_recall@{k}": float(per_user["recall"].mean()),
-        f"test_ndcg@{k}_stderr": float(ndcg.std(ddof=1) / np.sqrt(len(ndcg))) if len(ndcg) > 1 else 0.0,
-    }
+        f"test_ndcg@{k}_stderr": standard_error(ndcg),
+    }, ndcg
+
+
+def standard_error(values: np.ndarray) -> float:
+    return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
+def paired_comparison(candidate: np.ndarray, teacher: np.ndarray, k: int) -> dict[str, float]:
+    """Candidate against teacher on the same users: NDCG ratio, mean per-user difference and its standard error.
+
+    The pairing removes the spread between users, which dominates the
+    standard error of each model's own mean.
+    """
+    difference = candidate - teacher
+    teacher_mean = float(teacher.mean()) if len(teacher) else 0.0
+    return {f"test_ndcg@{k}_ratio_to_teacher": float(candidate.mean()) / teacher_mean if teacher_mean else 0.0,
+            f"test_ndcg@{k}_paired_difference": float(difference.mean()) if len(difference) else 0.0,
+            f"test_ndcg@{k}_paired_difference_stderr": standard_error(difference)}
 
 
 def latency(model, users: np.ndarray, state: dict[str, np.ndarray], k: int, warmup: int = 5) -> dict[str, float]:
@@ -93,7 +110,7 @@ def peak_memory(path: Path, timeout: float = 300) -> dict[str, int]:
     result = subprocess.run([sys.executable, "-m", "pipelines.measure", str(path)], capture_output=True,
                             text=True, env=env, timeout=timeout, check=False)
     if result.returncode != 0:
-        raise DataError(f"{path}: memory probe failed: {result.stderr.strip()[-2000:]}")
+        raise DataError(f"{path}: memory probe failed: {result.stderr.strip()[:2000]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -133,4 +150,7 @@ def probe_memory(path: Path) -> dict[str, int]:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python -m pipelines.measure MODEL_FILE")
-    print(json.dumps(probe_memory(Path(sys.argv[1]))))
+    try:
+        print(json.dumps(probe_memory(Path(sys.argv[1]))))
+    except ShoprecError as error:
+        sys.exit(f"error: {error}")

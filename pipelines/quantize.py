@@ -248,6 +248,26 @@ def fold(model: TwoTower) -> dict[str, Any]:
             "position_logits": model.position_logits.detach(), "mlp": layers}
 
 
+class FoldedTwoTower(nn.Module):
+    """The fp32 model with its item vectors computed once: the unquantized baseline of QuantizedTwoTower."""
+
+    user_vectors = TwoTower.user_vectors
+
+    def __init__(self, model: TwoTower):
+        super().__init__()
+        folded = fold(model)
+        self.n_items, self.history_length = model.n_items, model.history_length
+        self.register_buffer("items", folded["items"].clone())
+        self.register_buffer("position_logits", folded["position_logits"].clone())
+        self.user_embedding = model.user_embedding
+        self.user_mlp = model.user_mlp
+
+    def forward(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        scores = self.user_vectors(users, history, self.items) @ self.items.T
+        scores[:, 0] = float("-inf")
+        return scores
+
+
 def quantize_model(model: TwoTower, bits: int) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Return the stored tensors of a quantized model and its MLP layer types."""
     folded = fold(model)

@@ -25,10 +25,13 @@ def test_sparse_candidate_round_trips_and_shrinks(tmp_path, teacher):
     prune.apply_masks(model, masks)
     path = tmp_path / "prune_50.pt"
     candidates.save_sparse(model, CONFIG, BUNDLE, path, {"sparsity": 0.5})
-    loaded, bundle = candidates.load_candidate(path)
+    loaded, bundle = candidates.load_candidate(path, fast=False)
     users, history = inputs(model)
     with torch.no_grad():
         assert torch.equal(loaded(users, history), model(users, history))
+        served, _ = candidates.load_candidate(path)
+        assert isinstance(served, quantize.FoldedTwoTower)
+        assert torch.allclose(served(users, history), model(users, history), atol=1e-5)
     assert bundle["item_ids"] == BUNDLE["item_ids"]
     assert bundle["recipe"] == {"sparsity": 0.5}
     assert teacher_path.stat().st_size / path.stat().st_size >= 1.6

@@ -110,6 +110,10 @@ def test_compress_writes_candidates_reports_and_decision(small_workspace):
             assert isinstance(row[key], (int, float)), (name, key)
         assert row["latency_p50_ms"] <= row["latency_p99_ms"]
     assert rows["int8"]["size_bytes"] * 3 < rows["teacher"]["size_bytes"]
+    assert rows["teacher"]["test_ndcg@10_ratio_to_teacher"] == pytest.approx(1.0)
+    assert rows["teacher"]["test_ndcg@10_paired_difference_stderr"] == 0.0
+    assert rows["int8"]["test_ndcg@10_ratio_to_teacher"] == pytest.approx(
+        rows["int8"]["test_ndcg@10"] / rows["teacher"]["test_ndcg@10"])
     assert rows["prune_50"]["recipe"]["sparsity"] == 0.5
     assert rows["int4"]["recipe"]["embedding_bits"] == 4
 

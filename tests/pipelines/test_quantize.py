@@ -79,6 +79,13 @@ def test_quantized_scores_close_to_fp32(bits, fast, max_error, min_overlap):
     assert top_overlap(scores[:, 1:], finite) >= min_overlap
 
 
+def test_folded_model_scores_like_teacher():
+    model = small_model()
+    users, history = inputs(model)
+    with torch.no_grad():
+        assert torch.allclose(quantize.FoldedTwoTower(model)(users, history), model(users, history), atol=1e-5)
+
+
 def test_exact_kernel_matches_dequantized_math():
     model = small_model()
     table = quantized(model, 8, fast=False).item_table
