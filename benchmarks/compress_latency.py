@@ -46,6 +46,7 @@ from pipelines.scoring import model_top_k, user_state  # noqa: E402
 
 TIMED_USERS = 200
 BATCH_SIZE = 256
+UNFOLDED_USERS = 20
 
 
 def machine() -> str:
@@ -59,30 +60,53 @@ def machine() -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
-def speed(model, users: np.ndarray, all_users: np.ndarray, state: dict, reference: np.ndarray | None):
-    """Latency, throughput and (against `reference`) the share of fp32 top-10 items kept; plus the top-10."""
-    row = dict(measure.latency(model, users, state, 10))
-    row.update(measure.throughput(model, all_users, state, 10, BATCH_SIZE))
+def interleaved_speed(models: dict, users: np.ndarray, all_users: np.ndarray, state: dict) -> dict:
+    """p50/p99 one-user top-10 latency and batch throughput of every model, on one thread.
+
+    The models take turns for each user and each batch, so a change in the
+    load of this shared machine falls on all of them alike and their ratios
+    stay comparable.
+    """
+    timings = {name: [] for name in models}
+    batch_seconds = {name: 0.0 for name in models}
     with measure.threads(1):
-        top, _ = model_top_k(model, users, state, 10)
-    if reference is not None:
-        row["top10_kept_vs_fp32"] = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top, reference)]))
-    return row, top
+        for model in models.values():  # warm-up: kernels pack their weights on first use
+            model_top_k(model, users[:2], state, 10)
+        for index in range(len(users)):
+            for name, model in models.items():
+                started = time.perf_counter()
+                model_top_k(model, users[index:index + 1], state, 10)
+                timings[name].append(1000 * (time.perf_counter() - started))
+        for start in range(0, len(all_users), BATCH_SIZE):
+            for name, model in models.items():
+                started = time.perf_counter()
+                model_top_k(model, all_users[start:start + BATCH_SIZE], state, 10, BATCH_SIZE)
+                batch_seconds[name] += time.perf_counter() - started
+    return {name: {"latency_p50_ms": float(np.percentile(timings[name], 50)),
+                   "latency_p99_ms": float(np.percentile(timings[name], 99)),
+                   "throughput_users_per_s": len(all_users) / batch_seconds[name]} for name in models}
 
 
 def timings(paths: dict[str, Path], users: np.ndarray, all_users: np.ndarray, state: dict, part: str) -> dict:
-    """Measure every saved model as the stage loads it, then the teacher as train saved it, unfolded."""
-    rows, reference = {}, None
+    """Measure every saved model as the stage loads it, and the teacher as train saved it, unfolded."""
+    models, rows = {}, {}
     for name, path in paths.items():
-        model, bundle = candidates.load_candidate(path)
-        rows[name], top = speed(model, users, all_users, state, reference)
-        reference = top if reference is None else reference
-        rows[name].update(size_bytes=path.stat().st_size,
-                          parameters=candidates.parameter_counts(bundle)["parameters"], **measure.peak_memory(path))
+        models[name], bundle = candidates.load_candidate(path)
+        rows[name] = {"size_bytes": path.stat().st_size,
+                      "parameters": candidates.parameter_counts(bundle)["parameters"], **measure.peak_memory(path)}
+    for name, speed in interleaved_speed(models, users, all_users, state).items():
+        rows[name].update(speed)
+    # The unfolded teacher is slow on a large catalog, so it is timed alone on fewer users.
+    models["teacher_unfolded"], _ = load_bundle(paths["teacher"])
+    rows["teacher_unfolded"] = {**measure.latency(models["teacher_unfolded"], users[:UNFOLDED_USERS], state, 10),
+                                **measure.throughput(models["teacher_unfolded"], all_users[:BATCH_SIZE], state, 10,
+                                                     BATCH_SIZE)}
+    with measure.threads(1):
+        tops = {name: model_top_k(model, users, state, 10)[0] for name, model in models.items()}
+    for name, top in tops.items():
+        kept = [len(set(mine) & set(reference)) / 10 for mine, reference in zip(top, tops["teacher"])]
+        rows[name]["top10_kept_vs_fp32"] = float(np.mean(kept))
         print(f"{part} {name}: {rows[name]}", flush=True)
-    teacher, _ = load_bundle(paths["teacher"])
-    rows["teacher_unfolded"], _ = speed(teacher, users, all_users, state, reference)
-    print(f"{part} teacher_unfolded: {rows['teacher_unfolded']}", flush=True)
     return rows
 
 
