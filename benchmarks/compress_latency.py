@@ -9,11 +9,11 @@ Run from the repository root with the project's virtual environment, after
 Part 1 times the saved MovieLens-100K teacher and candidates of WORKSPACE
 (models/candidate, models/compressed) again on its test users. Part 2 builds
 a synthetic catalog with the same model shape (embedding dim, history length,
-categories per item, users) but `--items` items and random weights, makes
-the same kinds of candidate from it (int8, int4, 50% pruned, a dim-16
-student and its int8 form), saves and reloads each as the stage does, and
-times top-10 for one user over the whole catalog (p50, p99, one thread),
-batch throughput and peak memory. Every model is loaded as the compress
+categories per item, users) but `--items` items and random weights. From it
+the script makes the same kinds of candidate (int8, int4, 50% pruned, a
+dim-16 student and its int8 form) and saves and reloads each as the stage
+does. For every model it times top-10 for one user over the whole catalog
+(p50, p99, one thread), batch throughput and peak memory. Every model is loaded as the compress
 stage loads it (candidates.load_candidate), so the fp32 teacher, pruned
 model and student score with their item vectors computed once at load.
 `teacher_unfolded` is the teacher as the train stage's TwoTower scores,

@@ -81,23 +81,33 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(params.get("teacher"), str) or not params["teacher"]:
         raise ConfigError(f"params.yaml: compress.teacher is {params.get('teacher')!r}, expected a model file path")
     positive_int(params, "k", "compress")
+
     prune_params = section_of(params, "prune")
     sparsities = prune_params.get("sparsities")
     if not isinstance(sparsities, list):
         raise ConfigError(f"params.yaml: compress.prune.sparsities is {sparsities!r}, expected a list")
     for index, value in enumerate(sparsities):
         prune.check_sparsity(value, f"compress.prune.sparsities[{index}]")
+    names = [f"prune_{round(100 * value)}" for value in sparsities]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"params.yaml: compress.prune.sparsities is {sparsities}, whose candidates {names} "
+                          "repeat a name; give sparsities that differ by at least 0.01")
     prune.check_scope(prune_params.get("scope"), "compress.prune.scope")
     positive_int(prune_params, "finetune_steps", "compress.prune", minimum=0)
     positive_int(prune_params, "eval_every", "compress.prune")
     positive_number(prune_params, "learning_rate", "compress.prune")
+
     bits = section_of(params, "quantize").get("bits")
     if not isinstance(bits, list):
         raise ConfigError(f"params.yaml: compress.quantize.bits is {bits!r}, expected a list")
     for index, value in enumerate(bits):
         quantize.check_bits(value, f"compress.quantize.bits[{index}]")
+    if len(set(bits)) < len(bits):
+        raise ConfigError(f"params.yaml: compress.quantize.bits is {bits}, which repeats a bit width")
+
     if not isinstance(section_of(params, "distill").get("enabled"), bool):
         raise ConfigError("params.yaml: compress.distill.enabled must be true or false")
+
     measure_params = section_of(params, "measure")
     positive_int(measure_params, "latency_users", "compress.measure")
     positive_int(measure_params, "batch_size", "compress.measure")
@@ -159,7 +169,8 @@ def build_all(folder: Path, teacher_path: Path, params: dict[str, Any], train_pa
 def build_quantized_student(student: dict[str, Any], target: Path, bits: int) -> dict[str, Any]:
     if student["status"] != "ok":
         raise RuntimeError("the student candidate failed, so there is nothing to quantize")
-    return build_quantized(student["path"], target, bits, {**student["recipe"], "quantized_from": "student"})
+    return build_quantized(student["path"], target, bits, {"quantized_from": "student",
+                                                            "student_recipe": student["recipe"]})
 
 
 def attempt(name: str, folder: Path, build: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
@@ -203,11 +214,10 @@ def build_pruned(teacher_path: Path, target: Path, sparsity: float, prune_params
 
 def build_quantized(model_path: Path, target: Path, bits: int, source: dict[str, Any]) -> dict[str, Any]:
     model, bundle = load_bundle(model_path)
-    recipe = {"method": "post-training quantization", "embedding_bits": bits, "linear_bits": 8,
+    recipe = {**source, "method": "post-training quantization", "embedding_bits": bits, "linear_bits": 8,
               "tables": "folded item vectors and user ids, per row: scale * code + offset (float16)",
               "clipping": "min-max" if bits == 8 else "least squared error per row",
-              "linear": "int8 weights, one scale per output channel; inputs quantized at run time",
-              **source}
+              "linear": "int8 weights, one scale per output channel; inputs quantized at run time"}
     candidates.save_quantized(model, bits, bundle["config"], bundle, target, recipe)
     return {"recipe": recipe}
 
@@ -244,7 +254,7 @@ def evaluation_inputs(root: Path, bundle: dict[str, Any], latency_users: int) ->
 
 
 def measure_model(path: Path, inputs: dict[str, Any], k: int, batch_size: int) -> dict[str, Any]:
-    """All measurements of one saved model, loaded the way serving would load it."""
+    """Measure one saved model, loaded as serving loads it; returns its row and its NDCG per test user."""
     model, bundle = candidates.load_candidate(path)
     counts = candidates.parameter_counts(bundle)
     row = {"size_bytes": path.stat().st_size, "parameters": counts["parameters"]}
@@ -330,7 +340,7 @@ def plot_tradeoff(rows: list[dict[str, Any]], decision: dict[str, Any], k: int, 
 
 
 def public_row(row: dict[str, Any], root: Path) -> dict[str, Any]:
-    """A row for the JSON reports: paths relative to the workspace, no training curves."""
+    """Return the row for the JSON reports, with paths relative to the workspace and no training curves."""
     public = {key: value for key, value in row.items() if key not in ("history", "fine_tune", "sparsity")}
     if "path" in row:
         public["path"] = str(Path(row["path"]).relative_to(root)) if Path(row["path"]).is_absolute() else row["path"]

@@ -67,7 +67,7 @@ def table_rows(graph: GraphBuilder, prefix: str, table: dict[str, Any], index: s
 
 
 def whole_table(graph: GraphBuilder, prefix: str, table: dict[str, Any]) -> str:
-    """The fp32 table; a quantized one is dequantized in the graph from the same initializers."""
+    """Return the fp32 table; a quantized one is dequantized in the graph from the same initializers."""
     if "weight" in table:
         return graph.constant(f"{prefix}.weight", table["weight"])
     parts = [graph.constant(f"{prefix}.{key}", table[key]) for key in ("codes", "scale", "offset")]

@@ -36,6 +36,8 @@ def test_repository_params_valid():
     ({"prune.scope": "rows"}, r"compress\.prune\.scope is 'rows'"),
     ({"prune.finetune_steps": -1}, r"compress\.prune\.finetune_steps is -1"),
     ({"quantize.bits": [8, 2]}, r"compress\.quantize\.bits\[1\] is 2, expected one of \[4, 8\]"),
+    ({"quantize.bits": [8, 8]}, r"compress\.quantize\.bits is \[8, 8\], which repeats a bit width"),
+    ({"prune.sparsities": [0.5, 0.501]}, r"compress\.prune\.sparsities is \[0\.5, 0\.501\], whose candidates"),
     ({"policy.max_ndcg_drop": 2}, r"compress\.policy\.max_ndcg_drop is 2"),
     ({"measure.latency_users": 0}, r"compress\.measure\.latency_users is 0"),
     ({"teacher": ""}, r"compress\.teacher is '', expected a model file path"),
@@ -83,9 +85,11 @@ def test_failed_candidate_reported_and_others_built(tmp_path, small_workspace):
     built = compress.attempt("int4", tmp_path, lambda target: compress.build_quantized(
         root / "models" / "candidate" / "model.pt", target, 4, {}))
     assert failed["status"] == "failed"
-    assert failed["error"].startswith("RegistryError: ") and "missing.pt: model file not found" in failed["error"]
+    assert failed["error"].startswith("RegistryError: ")
+    assert "missing.pt: model file not found" in failed["error"]
     assert not (tmp_path / "int8").exists()
-    assert built["status"] == "ok" and (tmp_path / "int4" / "model.pt").is_file()
+    assert built["status"] == "ok"
+    assert (tmp_path / "int4" / "model.pt").is_file()
     quantized_student = compress.attempt("student_int8", tmp_path, lambda target: compress.build_quantized_student(
         {"status": "failed"}, target, 8))
     assert quantized_student["error"] == "RuntimeError: the student candidate failed, so there is nothing to quantize"
@@ -128,3 +132,11 @@ def test_compress_writes_candidates_reports_and_decision(small_workspace):
     assert (root / decision["onnx_path"]).is_file()
     assert (root / compress.PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert hashlib.sha256(teacher_file.read_bytes()).hexdigest() == teacher_digest
+
+
+def test_quantized_student_recipe_nests_student(tmp_path, small_workspace):
+    student = {"status": "ok", "path": small_workspace[0] / "models" / "candidate" / "model.pt",
+               "recipe": {"method": "knowledge distillation", "embedding_dim": 8}}
+    details = compress.build_quantized_student(student, tmp_path / "model.pt", 8)
+    assert details["recipe"]["method"] == "post-training quantization"
+    assert details["recipe"]["student_recipe"] == student["recipe"]

@@ -43,7 +43,8 @@ def test_rows_round_trip_within_half_step(bits):
     codes = quantize.unpack_codes(stored["codes"], bits).float()
     rows = codes * stored["scale"].float()[:, None] + stored["offset"].float()[:, None]
     low, high = quantize.CODE_RANGE[bits]
-    assert int(codes.min()) >= low and int(codes.max()) <= high
+    assert int(codes.min()) >= low
+    assert int(codes.max()) <= high
     if bits == 8:  # min-max range: every value within half a step
         assert torch.all((rows - weight).abs() <= stored["scale"].float()[:, None] / 2 + 1e-3)
     assert stored["codes"].dtype == (torch.int8 if bits == 8 else torch.uint8)
