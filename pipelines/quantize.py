@@ -17,7 +17,9 @@ Scoring runs on the codes. Two kernels exist for each bit width:
 - exact (reference, used by the ONNX parity check): fp32 activations against
   the same codes, torch._weight_int8pack_mm and torch._weight_int4pack_mm_for_cpu.
 
-Only the rows a user's history needs are ever dequantized to fp32.
+Only the rows a user's history needs are ever dequantized to fp32. The eager
+torch.ao.quantization APIs (quantize_dynamic and friends) are deprecated in
+torch 2.13, so this module calls the quantized ops directly instead.
 """
 
 from __future__ import annotations
@@ -182,6 +184,13 @@ def pack_fbgemm(codes: torch.Tensor, scale: torch.Tensor):
 
 
 def pack_fbgemm_linear(codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+    """Pack int8 weights for torch.ops.quantized.linear_dynamic; the packed copy sits beside `codes`.
+
+    NOTE: the packed copy doubles the int8 table in memory, because the user
+    tower still reads history rows from `codes`. torch 2.13 deprecates the
+    qint8 tensor this needs; should it go, fast=False (torch._weight_int8pack_mm)
+    still scores the same codes, more slowly on large catalogs.
+    """
     zero_points = torch.zeros(len(codes), dtype=torch.long)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=QINT8_DEPRECATION, category=UserWarning)

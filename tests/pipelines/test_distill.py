@@ -6,6 +6,12 @@ from pipelines.errors import ConfigError
 from pipelines.model import build_model, load_bundle
 from tests.pipelines.conftest import TRAIN_PARAMS
 
+
+@pytest.fixture(autouse=True)
+def seeded_torch():
+    """Seed torch's global generator, so every random tensor of a test is the same on each run."""
+    torch.manual_seed(0)
+
 SETTINGS = {"embedding_dim": 8, "epochs": 2, "learning_rate": 0.01, "batch_size": 64, "num_negatives": 64,
             "temperature": 2.0, "num_sampled": 128, "alpha": 0.5, "init": "random"}
 

@@ -7,6 +7,12 @@ from pipelines.errors import ConfigError
 from tests.pipelines.test_quantize import small_model
 
 
+@pytest.fixture(autouse=True)
+def seeded_torch():
+    """Seed torch's global generator, so every random tensor of a test is the same on each run."""
+    torch.manual_seed(0)
+
+
 def test_per_tensor_masks_reach_sparsity_and_keep_largest():
     weights = {"a": torch.randn(40, 8), "b": torch.randn(100) * 5}
     masks = prune.magnitude_masks(weights, 0.75, "per_tensor")

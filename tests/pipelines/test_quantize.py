@@ -6,6 +6,12 @@ from pipelines.errors import ConfigError
 from pipelines.model import TwoTower
 
 
+@pytest.fixture(autouse=True)
+def seeded_torch():
+    """Seed torch's global generator, so every random tensor of a test is the same on each run."""
+    torch.manual_seed(0)
+
+
 def small_model(n_items=300, n_users=40, dim=32, history_length=5, seed=0):
     generator = torch.Generator().manual_seed(seed)
     categories = torch.randint(0, 6, (n_items + 1, 3), generator=generator)
@@ -38,7 +44,7 @@ def top_overlap(scores, reference, k=10):
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_rows_round_trip_within_half_step(bits):
-    weight = torch.randn(50, 32)
+    weight = torch.randn(50, 32, generator=torch.Generator().manual_seed(0))
     stored = quantize.quantize_rows(weight, bits)
     codes = quantize.unpack_codes(stored["codes"], bits).float()
     rows = codes * stored["scale"].float()[:, None] + stored["offset"].float()[:, None]
@@ -52,7 +58,7 @@ def test_rows_round_trip_within_half_step(bits):
 
 
 def test_clipping_search_beats_min_max():
-    weight = torch.randn(200, 64)
+    weight = torch.randn(200, 64, generator=torch.Generator().manual_seed(0))
     weight[:, 0] *= 8  # one outlier column stretches every row's min-max range
     low, high = weight.amin(dim=1), weight.amax(dim=1)
     min_max = quantize.reconstruction_error(weight, *quantize.encode_range(weight, low, high, 4))
