@@ -44,7 +44,7 @@ test: setup
 	python -m pytest
 
 clean-outputs:
-	rm -rf data/ingested data/split models/candidate dvclive reports metrics.json gate.json checkpoints
+	rm -rf data/ingested data/split models/candidate models/compressed dvclive reports metrics.json gate.json checkpoints
 
 # Airflow standalone on 127.0.0.1:8080 (SHOPREC_AIRFLOW_PORT to change) with .airflow/
 # as its home and dags/ as its DAG folder; prints the UI address and login. See docs/airflow.md.

@@ -12,6 +12,7 @@ checkpoint. The best epoch by validation NDCG@10 becomes
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -94,16 +95,7 @@ def build_module(model_cfg: dict[str, Any], catalog_arrays: dict[str, np.ndarray
 
         def training_step(self, batch, batch_index):
             users, history, targets = batch
-            items = self.model.item_vectors()
-            user_vectors = self.model.user_vectors(users, history, items)
-            negatives = torch.randint(1, self.model.n_items + 1, (self.num_negatives,), device=targets.device)
-            candidates = torch.cat([targets, negatives])
-            logits = user_vectors @ items[candidates].T
-            # Another row's positive or a sampled item may equal this row's target: not a negative.
-            collisions = candidates.unsqueeze(0) == targets.unsqueeze(1)
-            collisions[:, : len(targets)].fill_diagonal_(False)
-            logits = logits.masked_fill(collisions, float("-inf"))
-            loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(targets), device=targets.device))
+            loss = sampled_softmax_loss(self.model, users, history, targets, self.num_negatives)
             self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(targets))
             return loss
 
@@ -126,6 +118,21 @@ def build_module(model_cfg: dict[str, Any], catalog_arrays: dict[str, np.ndarray
                                      weight_decay=float(hparams["weight_decay"]))
 
     return RecommenderModule()
+
+
+def sampled_softmax_loss(model, users: torch.Tensor, history: torch.Tensor, targets: torch.Tensor,
+                         num_negatives: int) -> torch.Tensor:
+    """Cross-entropy of each target against the batch's other targets and uniformly sampled items."""
+    items = model.item_vectors()
+    user_vectors = model.user_vectors(users, history, items)
+    negatives = torch.randint(1, model.n_items + 1, (num_negatives,), device=targets.device)
+    candidates = torch.cat([targets, negatives])
+    logits = user_vectors @ items[candidates].T
+    # Another row's positive or a sampled item may equal this row's target: not a negative.
+    collisions = candidates.unsqueeze(0) == targets.unsqueeze(1)
+    collisions[:, : len(targets)].fill_diagonal_(False)
+    logits = logits.masked_fill(collisions, float("-inf"))
+    return torch.nn.functional.cross_entropy(logits, torch.arange(len(targets), device=targets.device))
 
 
 def build_report_callback(bundle_meta: dict[str, Any], check_parameter_sync: bool = False):
@@ -268,7 +275,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                                collate_fn=collate_batch)
     valid_loader = torch.utils.data.DataLoader(valid_data, batch_size=1024)
 
-    module = build_module(loop_config["model_config"], arrays, hparams)
+    module = make_module(loop_config)
     callbacks = [build_report_callback(loop_config["bundle_meta"], bool(hparams.get("check_parameter_sync")))]
     if int(hparams.get("patience", 0)) > 0:
         callbacks.append(EarlyStopping(monitor=VALID_METRIC, mode="max", patience=int(hparams["patience"])))
@@ -319,6 +326,16 @@ class HistoryDataset(torch.utils.data.Dataset):
 def collate_batch(batch):
     """Pass through a batch that HistoryDataset.__getitems__ already assembled."""
     return batch
+
+
+def make_module(loop_config: dict[str, Any]):
+    """Build the worker's LightningModule; `loop_config["module_factory"]` ("package.module:function",
+    called with the loop config) replaces the default, as distillation does."""
+    factory = loop_config.get("module_factory")
+    if not factory:
+        return build_module(loop_config["model_config"], loop_config["arrays"], loop_config["hparams"])
+    module_name, _, function = factory.partition(":")
+    return getattr(importlib.import_module(module_name), function)(loop_config)
 
 
 def worker_datasets(arrays: dict[str, np.ndarray], history_length: int):
@@ -423,8 +440,8 @@ def check_latest_checkpoint(storage: str, name: str) -> None:
         ) from error
 
 
-def fit(params: dict[str, Any], data: dict[str, Any], storage: str):
-    """Run distributed training and return Ray Train's result.
+def fit(params: dict[str, Any], data: dict[str, Any], storage: str | Path, extra: dict[str, Any] | None = None):
+    """Run distributed training and return Ray Train's result; `extra` adds keys to the workers' loop config.
 
     The run is named after its inputs, so with `train.resume` a rerun after a
     crash continues from the last checkpoint of the same inputs.
@@ -432,7 +449,8 @@ def fit(params: dict[str, Any], data: dict[str, Any], storage: str):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    loop_config = loop_config_from(params, data)
+    storage = str(storage)
+    loop_config = {**loop_config_from(params, data), **(extra or {})}
     name = run_name(loop_config)
     if params.get("resume", True):
         check_latest_checkpoint(storage, name)

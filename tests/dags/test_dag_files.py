@@ -23,7 +23,7 @@ INSPECT = Path(__file__).with_name("inspect_dag.py")
 # Airflow 3.3's DAG processor re-parses every file every 30 s (min_file_process_interval)
 # and gives up on a file after 30 s (dagbag_import_timeout). Each DAG file here takes about 0.2 s.
 IMPORT_LIMIT_SECONDS = 5.0
-STAGE_TASKS = ["ingest", "validate", "split", "train", "evaluate", "gate", "promote", "publish"]
+STAGE_TASKS = ["ingest", "validate", "split", "train", "compress", "evaluate", "gate", "promote", "publish"]
 # Files a DAG file may read at parse time inside the repository: code and the pipeline definition.
 ALLOWED_SUFFIXES = (".py", ".pyc")
 ALLOWED_FILES = {"dvc.yaml"}

@@ -32,8 +32,8 @@ from tests.e2e.test_pipeline import copy_repository, run
 pytestmark = pytest.mark.e2e
 
 RUN_DAG = Path(__file__).with_name("run_dag.py")
-STAGES = ["ingest", "validate", "split", "train", "evaluate", "promote"]
-AFTER_VALIDATE = ["split", "train", "evaluate", "gate", "promote", "publish"]
+STAGES = ["ingest", "validate", "split", "train", "compress", "evaluate", "promote"]
+AFTER_VALIDATE = ["split", "train", "compress", "evaluate", "gate", "promote", "publish"]
 DVC_OUTPUTS = ["data/ingested", "data/split", "models/candidate"]
 S3_BUCKET = "shoprec-e2e"
 
@@ -259,7 +259,7 @@ def test_corrupt_input_fails_validate(workspace_copy, retrain_run, tmp_path):
     assert result.state == "failed"
     assert (result.tasks["ingest"], result.tasks["validate"]) == ("success", "failed")
     assert {task: result.tasks[task] for task in AFTER_VALIDATE} == {task: "upstream_failed" for task in AFTER_VALIDATE}
-    assert "FAILED expect_column_values_to_be_between on interactions.rating: 3 offending row(s)" in result.log
+    assert "BLOCK interactions.rating_range: expect_column_values_to_be_between on interactions.rating: 3 of" in result.log
     assert (root / "models" / "production.json").read_bytes() == pointer
     assert registry_versions(root) == ["v0001"]
     assert (root / "params.yaml").read_bytes() == workspace_copy.original_params

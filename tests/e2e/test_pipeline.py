@@ -140,12 +140,26 @@ def test_train_param_reruns_from_train(pipeline_run):
     update_params(pipeline_run["root"], {"train.learning_rate": 0.003})
     result = run(["dvc", "repro"], pipeline_run["root"], pipeline_run["env"])
     ran = re.findall(r"Running stage '(\w+)'", result.stdout)
-    assert ran == ["train", "evaluate", "promote"]
+    assert ran[0] == "train"
+    assert sorted(ran) == ["compress", "evaluate", "promote", "train"]
+    assert ran.index("evaluate") < ran.index("promote")
     # The new candidate was judged against production v0001 on the same test users.
     gate = json.loads((pipeline_run["root"] / "gate.json").read_text())
     champion = next(check for check in gate["checks"] if check["name"] == "test_ndcg@10 against production")
     assert gate["production_version"] == "v0001"
     assert champion["verdict"] in ("pass", "fail")
+
+
+def test_compress_measures_every_candidate(pipeline_run):
+    root = pipeline_run["root"]
+    report = json.loads((root / "reports" / "compression.json").read_text())
+    rows = report["compress"]
+    assert set(rows) == {"teacher", "prune_50", "prune_80", "int8", "int4", "student", "student_int8"}
+    assert [name for name, row in rows.items() if row["status"] != "ok"] == []
+    decision = json.loads((root / "reports" / "compress_decision.json").read_text())
+    assert decision["chosen"] in rows
+    assert (root / decision["model_path"]).is_file()
+    assert decision["onnx"]["passed"] is True
 
 
 def test_bad_data_stops_before_split(pipeline_run):

@@ -13,7 +13,7 @@ from pipelines import config, orchestration
 from pipelines.errors import ConfigError, DataError
 from tests.conftest import REPO, update_params
 
-STAGES_TODAY = ["ingest", "validate", "split", "train", "evaluate", "promote"]
+STAGES_TODAY = ["ingest", "validate", "split", "train", "compress", "evaluate", "promote"]
 
 
 def write_dvc_yaml(root: Path, stages: dict) -> None:
@@ -34,7 +34,7 @@ def test_repository_stage_order():
 
 def test_stage_docs_come_from_modules():
     stages = {stage.name: stage for stage in orchestration.read_stages(REPO)}
-    assert stages["validate"].doc.startswith("Validate stage: Great Expectations suites")
+    assert stages["validate"].doc.startswith("Validate stage: the data-quality gate")
     assert "reports/validation.json" in stages["validate"].outs
     assert stages["train"].params == ("train",)
 
