@@ -28,11 +28,13 @@ import pandas as pd
 
 from pipelines import baselines, bootstrap, config, gate, metrics, registry, slices
 from pipelines.errors import ConfigError, DataError
-from pipelines.io import atomic_path, write_json
+from pipelines.io import atomic_path, read_json, write_json
 from pipelines.model import load_bundle
 from pipelines.scoring import rank_with_model, time_top_k, user_state
 
 log = logging.getLogger(__name__)
+
+COMPRESS_DECISION = config.REPORTS_DIR / "compress_decision.json"
 
 EVALUATION_FILE = config.REPORTS_DIR / "evaluation.json"
 SPLIT = "test"
@@ -286,6 +288,12 @@ def main() -> None:
         root = config.workspace()
         production = production_model(root)
         results, decision = judge(root / config.CANDIDATE_DIR / "model.pt", load_tables(root), params, production)
+        compression = root / COMPRESS_DECISION
+        if compression.is_file():
+            # NOTE: the gate records the compress stage's choice, but the candidate judged
+            # and promoted is still the trained fp32 model; the chosen compressed model and
+            # its ONNX export travel with it in the registry version.
+            decision["compression"] = read_json(compression)
         write_outputs(root, results, decision)
         for system, values in results["systems"].items():
             log.info("%s: %s", system, ", ".join(f"{key}={value:.4f}" for key, value in values.items()))

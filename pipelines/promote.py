@@ -102,6 +102,7 @@ def model_card(root: Path, params: dict[str, Any], evaluation: dict[str, Any], f
         "efficiency": details.get("efficiency", {}),
         "production_before": production_before,
         "gate": {key: gate.get(key) for key in ("passed", "metric", "production_version", "checks", "reasons")},
+        "compression": gate.get("compression"),
         "forced": forced,
     }
 
@@ -123,6 +124,15 @@ def version_files(root: Path, scratch: Path) -> dict[str, Path]:
     files = {registry.MODEL_FILE: candidate / registry.MODEL_FILE, **serving_tables(root, scratch)}
     if (candidate / "model.onnx").is_file():
         files["model.onnx"] = candidate / "model.onnx"
+    decision_path = root / config.REPORTS_DIR / "compress_decision.json"
+    if decision_path.is_file():
+        decision = read_json(decision_path)
+        chosen = root / str(decision.get("model_path", ""))
+        if decision.get("model_path") and chosen.is_file():
+            files["compressed.pt"] = chosen
+        onnx = root / "models" / "compressed" / "chosen.onnx"
+        if onnx.is_file():
+            files["model.onnx"] = onnx
     if (root / EVALUATION_PAGE).is_file():
         files["report.html"] = root / EVALUATION_PAGE
     return files

@@ -53,6 +53,25 @@ def test_onnx_export_and_report_registered(candidate_workspace):
     assert (folder / "report.html").is_file()
 
 
+def test_compressed_choice_registered(candidate_workspace):
+    chosen = candidate_workspace / "models" / "compressed" / "student_int8" / "model.pt"
+    chosen.parent.mkdir(parents=True)
+    chosen.write_bytes(b"quantized student")
+    (chosen.parent.parent / "chosen.onnx").write_bytes(b"student onnx")
+    write_json({"chosen": "student_int8", "model_path": "models/compressed/student_int8/model.pt",
+                "reason": "smallest within 2% of the teacher"},
+               candidate_workspace / config.REPORTS_DIR / "compress_decision.json")
+    gate = json.loads((candidate_workspace / config.GATE_FILE).read_text())
+    gate["compression"] = {"chosen": "student_int8", "reason": "smallest within 2% of the teacher"}
+    write_json(gate, candidate_workspace / config.GATE_FILE)
+    promote.promote(candidate_workspace, PROMOTE_PARAMS)
+    folder = registry.verify_version(candidate_workspace, "v0001")
+    assert (folder / "compressed.pt").read_bytes() == b"quantized student"
+    assert (folder / "model.onnx").read_bytes() == b"student onnx"
+    card = registry.read_card(candidate_workspace, "v0001")
+    assert card["compression"]["chosen"] == "student_int8"
+
+
 def test_batch_recommendations_written(candidate_workspace):
     promote.promote(candidate_workspace, PROMOTE_PARAMS)
     frame = pd.read_parquet(candidate_workspace / promote.RECOMMENDATIONS_FILE)
