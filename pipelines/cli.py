@@ -13,7 +13,7 @@ from pipelines.errors import ShoprecError
 
 log = logging.getLogger("pipelines")
 
-STAGES = ("ingest", "validate", "split", "train", "evaluate", "promote")
+STAGES = ("ingest", "validate", "split", "augment", "train", "evaluate", "coldstart", "promote")
 
 
 def setup_logging() -> None:

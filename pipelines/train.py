@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipelines import config, features
+from pipelines import augment, config, features
 from pipelines.errors import ConfigError, DataError
 from pipelines.io import write_json
 from pipelines.model import build_model, model_config, save_bundle
@@ -85,16 +85,19 @@ def build_module(model_cfg: dict[str, Any], catalog_arrays: dict[str, np.ndarray
         def __init__(self):
             super().__init__()
             self.model = build_model(model_cfg, torch.tensor(catalog_arrays["item_categories"]),
-                                     torch.tensor(catalog_arrays["item_year_buckets"]))
+                                     torch.tensor(catalog_arrays["item_year_buckets"]),
+                                     **augment.model_inputs(catalog_arrays))
+            self.augmenter = augment.attach(self.model, catalog_arrays, hparams.get("augment"))
             self.num_negatives = int(hparams["num_negatives"])
             self.seen = (catalog_arrays["seen_indptr"], catalog_arrays["seen_indices"])
             self._valid_ndcg: list[torch.Tensor] = []
 
         def training_step(self, batch, batch_index):
             users, history, targets = batch
+            history = self.augmenter.histories(history)
             items = self.model.item_vectors()
             user_vectors = self.model.user_vectors(users, history, items)
-            negatives = torch.randint(1, self.model.n_items + 1, (self.num_negatives,), device=targets.device)
+            negatives = self.augmenter.negatives(self.num_negatives, targets.device)
             candidates = torch.cat([targets, negatives])
             logits = user_vectors @ items[candidates].T
             # Another row's positive or a sampled item may equal this row's target: not a negative.
@@ -275,6 +278,7 @@ def loop_config_from(params: dict[str, Any], data: dict[str, Any]) -> dict[str, 
         "seed", "epochs", "batch_size", "learning_rate", "weight_decay", "num_negatives",
         "history_length", "cpus_per_worker", "use_gpu")}
     hparams["patience"] = int(params.get("patience", 0))
+    hparams["augment"] = data.get("augment_policy")
     return {
         "hparams": hparams,
         "model_config": cfg,
@@ -289,6 +293,7 @@ def loop_config_from(params: dict[str, Any], data: dict[str, Any]) -> dict[str, 
             "valid_items": data["valid_items"],
             "seen_indptr": seen_indptr,
             "seen_indices": seen_indices,
+            **augment.worker_arrays(data),
         },
     }
 
@@ -388,6 +393,7 @@ def main() -> None:
         root = config.workspace()
         started = time.time()
         data = training_arrays(load_split_tables(root))
+        data.update(augment.load_training_inputs(root, data["catalog"].item_ids))
         data_ready = time.time()
         init_ray(params)
         import ray
