@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -271,8 +272,11 @@ def load_training_inputs(root: Path, item_ids: list[str]) -> dict[str, Any]:
     path = root / CATALOG_FILE
     if not path.is_file() or not (root / POLICY_FILE).is_file():
         raise DataError(f"{path}: file not found; run the augment stage before train")
-    with np.load(path, allow_pickle=False) as stored:
-        arrays = {name: stored[name] for name in stored.files}
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise DataError(f"{path}: cannot be read ({error}); rerun the augment stage") from error
     if arrays["item_ids"].tolist() != list(item_ids):
         raise DataError(f"{path}: its items differ from data/ingested/items.parquet; rerun the augment stage")
     policy = read_json(root / POLICY_FILE)

@@ -11,6 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -40,6 +41,8 @@ def fashion_run(tmp_path_factory):
         "augment.feature_augmentation.mask_items.enabled": True,
         "train.epochs": 2,
         "train.patience": 0,
+        # Two epochs on 300 products need not beat popularity; serving the image model is tested anyway.
+        "promote.force": True,
     })
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Unix socket paths must stay short
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -64,18 +67,33 @@ def test_product_images_written(fashion_run):
     assert (root / "reports" / "augment_samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def held_out_items(root):
+    return set(pd.read_parquet(root / "data" / "split" / "coldstart.parquet")["item_id"])
+
+
+def test_held_out_products_stay_out(fashion_run):
+    root = fashion_run["root"]
+    held_out = held_out_items(root)
+    interacted = pd.read_parquet(root / "data" / "ingested" / "interactions.parquet")["item_id"].nunique()
+    assert len(held_out) == round(0.1 * interacted)
+    for name in ("train", "valid", "test"):
+        assert held_out.isdisjoint(pd.read_parquet(root / "data" / "split" / f"{name}.parquet")["item_id"])
+
+
 def test_model_carries_images(fashion_run):
-    bundle = torch.load(fashion_run["root"] / "models" / "candidate" / "model.pt", weights_only=True)
+    root = fashion_run["root"]
+    bundle = torch.load(root / "models" / "candidate" / "model.pt", weights_only=True)
     state = bundle["state_dict"]
     assert state["item_images"].shape == (301, 1, 28, 28)
     assert any(name.startswith("image_encoder.") for name in state)
-    assert int((~state["item_known"]).sum()) == 30
+    cold = {bundle["item_ids"][row - 1] for row in torch.nonzero(~state["item_known"]).flatten().tolist()}
+    assert cold == held_out_items(root)
 
 
 def test_coldstart_report(fashion_run):
     report = json.loads((fashion_run["root"] / "reports" / "coldstart.json").read_text())
     assert report["enabled"] is True
-    assert report["cold_items"] == 30
+    assert report["cold_items"] == len(held_out_items(fashion_run["root"]))
     assert set(report["rankers"]) == {"images_on", "images_off", "popularity"}
     for values in report["rankers"].values():
         assert 0.0 <= values["coldstart_recall@10"] <= 1.0

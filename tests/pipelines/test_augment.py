@@ -310,3 +310,12 @@ def test_training_inputs_reject_other_catalog(workspace):
     assert inputs["item_known"].tolist() == [True, True, True, False]
     with pytest.raises(DataError, match=r"catalog\.npz: its items differ"):
         augment.load_training_inputs(workspace, ["a", "b", "z"])
+
+
+def test_training_inputs_reject_damaged_file(workspace):
+    fashion_workspace(workspace)
+    augment.augment(workspace, config.section(config.load_params(), "augment"))
+    path = workspace / augment.CATALOG_FILE
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(DataError, match=r"catalog\.npz: cannot be read .*rerun the augment stage"):
+        augment.load_training_inputs(workspace, ["a", "b", "c"])
