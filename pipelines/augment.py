@@ -164,17 +164,40 @@ def image_transforms(policy: dict[str, Any], channels: int, size: int) -> torch.
         return torch.nn.Sequential()
     build = {
         "resized_crop": lambda s: K.RandomResizedCrop((size, size), scale=tuple(s["scale"]),
-                                                      ratio=tuple(s["ratio"]), p=s["p"]),
-        "rotation": lambda s: K.RandomRotation(s["degrees"], p=s["p"]),
-        "horizontal_flip": lambda s: K.RandomHorizontalFlip(p=s["p"]),
-        "vertical_flip": lambda s: K.RandomVerticalFlip(p=s["p"]),
-        "brightness": lambda s: K.RandomBrightness(tuple(s["range"]), p=s["p"]),
-        "contrast": lambda s: K.RandomContrast(tuple(s["range"]), p=s["p"]),
-        "saturation": lambda s: K.RandomSaturation(tuple(s["range"]), p=s["p"]),
+                                                      ratio=tuple(s["ratio"]), p=1.0),
+        "rotation": lambda s: K.RandomRotation(s["degrees"], p=1.0),
+        "horizontal_flip": lambda s: K.RandomHorizontalFlip(p=1.0),
+        "vertical_flip": lambda s: K.RandomVerticalFlip(p=1.0),
+        "brightness": lambda s: K.RandomBrightness(tuple(s["range"]), p=1.0),
+        "contrast": lambda s: K.RandomContrast(tuple(s["range"]), p=1.0),
+        "saturation": lambda s: K.RandomSaturation(tuple(s["range"]), p=1.0),
     }
-    steps = [build[name](policy[name]) for name in IMAGE_TRANSFORMS
+    steps = [RandomSubset(build[name](policy[name]), policy[name]["p"]) for name in IMAGE_TRANSFORMS
              if policy[name]["p"] > 0 and (name != "saturation" or channels == 3)]
     return torch.nn.Sequential(*steps)
+
+
+class RandomSubset(torch.nn.Module):
+    """Apply a transform to each image of the batch with probability `p`.
+
+    With kornia 0.9 on a CPU, a crop with kornia's own p = 0.3 took as long on 3,000
+    images of 28 x 28 pixels as one with p = 1, so only the chosen images are passed on.
+    """
+
+    def __init__(self, transform: torch.nn.Module, p: float):
+        super().__init__()
+        self.transform = transform
+        self.p = p
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.p >= 1.0:
+            return self.transform(batch)
+        chosen = torch.rand(len(batch), device=batch.device) < self.p
+        if not chosen.any():
+            return batch
+        result = batch.clone()
+        result[chosen] = self.transform(batch[chosen])
+        return result
 
 
 def augment_images(transforms: torch.nn.Module, batch: torch.Tensor, seed: int) -> torch.Tensor:

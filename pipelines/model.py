@@ -35,8 +35,9 @@ class ImageEncoder(nn.Module):
 
     Three stride-2 3 x 3 convolutions and a global average pool keep it cheap
     enough to encode the whole catalog at every training step on a CPU. The
-    batch is the whole catalog, so batch normalisation sees stable statistics;
-    on fashion-shop it raised cold-start Recall@10 from about 0.34 to 0.40.
+    batch is the whole catalog, so batch normalisation sees stable statistics.
+    On the default fashion-shop it raised cold-start Recall@10 from about 0.34
+    to 0.40 (5 epochs in one process, one run each).
     """
 
     def __init__(self, channels: int, dim: int):

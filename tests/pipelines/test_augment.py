@@ -105,6 +105,17 @@ def test_saturation_skipped_for_grayscale():
     assert len(augment.image_transforms(policy["image_augmentation"], 3, 28)) == 1
 
 
+def test_probability_picks_a_share():
+    images = articles().repeat(50, 1, 1, 1)
+    policy = only("horizontal_flip")
+    policy["image_augmentation"]["horizontal_flip"]["p"] = 0.5
+    output = apply(policy, images)
+    flipped = torch.tensor([torch.allclose(after, before.flip(2)) for after, before in zip(output, images)])
+    unchanged = torch.tensor([torch.allclose(after, before) for after, before in zip(output, images)])
+    assert (flipped ^ unchanged).all()
+    assert 60 <= int(flipped.sum()) <= 140
+
+
 def test_disabled_policy_has_no_transforms():
     policy = augment.check_policy({"image_augmentation": {"enabled": False, "rotation": {"p": 1.0, "degrees": 5}}})
     assert len(augment.image_transforms(policy["image_augmentation"], 1, 28)) == 0
@@ -319,3 +330,16 @@ def test_training_inputs_reject_damaged_file(workspace):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(DataError, match=r"catalog\.npz: cannot be read .*rerun the augment stage"):
         augment.load_training_inputs(workspace, ["a", "b", "c"])
+
+
+def test_catalog_without_images_turns_image_path_off(workspace, caplog):
+    fashion_workspace(workspace)
+    items_path = workspace / config.INGESTED_DIR / "items.parquet"
+    pd.read_parquet(items_path).assign(image_path=pd.NA).astype({"image_path": "string"}).to_parquet(items_path)
+    result = augment.augment(workspace, config.section(config.load_params(), "augment"))
+    assert result["images"]["image_path"] == "off"
+    assert Image.open(workspace / augment.SAMPLES_FILE).format == "PNG"
+    with caplog.at_level("INFO", logger="pipelines.augment"):
+        inputs = augment.load_training_inputs(workspace, ["a", "b", "c"])
+    assert inputs["item_images"] is None
+    assert "image path off" in caplog.text

@@ -51,9 +51,8 @@ def test_truncated_image_named(tmp_path):
         images.read_image("a", tmp_path / "a.png", LIMITS)
 
 
-@pytest.mark.parametrize("mode", ["RGBA", "CMYK", "P", "I;16"])
-def test_wrong_mode_named(tmp_path, mode):
-    suffix = "jpg" if mode == "CMYK" else ("tif" if mode == "I;16" else "png")
+@pytest.mark.parametrize("mode, suffix", [("RGBA", "png"), ("CMYK", "jpg"), ("P", "png"), ("I;16", "tif")])
+def test_wrong_mode_named(tmp_path, mode, suffix):
     path = save(tmp_path / f"a.{suffix}", mode)
     with pytest.raises(images.ImageError, match=rf"item 'a': image .*a\.{suffix} has mode {mode}, expected L"):
         images.read_image("a", path, LIMITS)
