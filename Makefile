@@ -9,7 +9,10 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test dvc-init clean-outputs
+.PHONY: setup run test dvc-init fashion-mnist clean-outputs
+
+# Product images of the fashion-shop dataset (ingest.dataset: fashion-shop).
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +24,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --no-deps recbole==1.2.1
 	touch $(STAMP)
 
-setup: $(STAMP) dvc-init
+setup: $(STAMP) dvc-init fashion-mnist
+
+# Installs the Debian package when it is missing and make runs as root; other
+# users get the command to run, since only the fashion-shop dataset needs it.
+fashion-mnist:
+	@if [ ! -f $(FASHION_MNIST) ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -q && apt-get install -y -q --no-install-recommends dataset-fashion-mnist; \
+		else \
+			echo "note: $(FASHION_MNIST) is missing; the fashion-shop dataset needs it:"; \
+			echo "      sudo apt-get install dataset-fashion-mnist"; \
+		fi; \
+	fi
 
 dvc-init:
 	@if [ ! -f .dvc/config ]; then dvc init; fi
@@ -44,7 +59,7 @@ test: setup
 	python -m pytest
 
 clean-outputs:
-	rm -rf data/ingested data/split models/candidate models/compressed dvclive reports metrics.json gate.json checkpoints
+	rm -rf data/ingested data/split data/augment models/candidate models/compressed dvclive reports metrics.json gate.json checkpoints
 
 # Airflow standalone on 127.0.0.1:8080 (SHOPREC_AIRFLOW_PORT to change) with .airflow/
 # as its home and dags/ as its DAG folder; prints the UI address and login. See docs/airflow.md.

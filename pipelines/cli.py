@@ -14,7 +14,7 @@ from pipelines.errors import ShoprecError
 
 log = logging.getLogger("pipelines")
 
-STAGES = ("ingest", "validate", "split", "train", "compress", "evaluate", "promote")
+STAGES = ("ingest", "validate", "split", "augment", "train", "compress", "evaluate", "coldstart", "promote")
 
 
 def setup_logging() -> None:

@@ -3,13 +3,16 @@
 Run as `python -m pipelines.ingest` (the DVC stage `ingest`). Reads the
 `ingest` section of params.yaml and writes `data/ingested/interactions.parquet`,
 `items.parquet` and `users.parquet` in the shape that docs/data-contract.md
-describes. Any unreadable source fails the stage before a file is written.
+describes. The `fashion-shop` dataset also writes one PNG file per product
+under `data/ingested/images/`. Any unreadable source fails the stage before a
+file is written.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ import pyarrow.parquet as pq
 
 from pipelines import config
 from pipelines.errors import ConfigError, DataError
-from pipelines.io import write_parquet_tables
+from pipelines.io import staged_folder, write_parquet_tables
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,9 @@ OPTIONAL_COLUMNS = {
 }
 ID_COLUMNS = {"interactions": ("user_id", "item_id"), "items": ("item_id",), "users": ("user_id",)}
 CATEGORY_SEPARATOR = "|"
-DATASETS = ("movielens-100k", "files")
+DATASETS = ("movielens-100k", "fashion-shop", "files")
+# Product images of the fashion-shop dataset, one `<item_id>.png` each.
+IMAGES_DIR = config.INGESTED_DIR / "images"
 
 
 # ---------------------------------------------------------------- reading files
@@ -301,14 +306,54 @@ def ingest_files(files: dict[str, Any], columns: dict[str, dict[str, str]], opti
     return tables
 
 
-def ingest(params: dict[str, Any]) -> dict[str, pd.DataFrame]:
-    """Read the source that `ingest.dataset` names and return the three contract tables."""
+def ingest_fashion_shop(params: dict[str, Any]) -> tuple[dict[str, pd.DataFrame], dict[str, np.ndarray]]:
+    """Build the fashion-shop tables; each item's `image_path` points into IMAGES_DIR."""
+    from pipelines import fashion
+
+    raw, images = fashion.build_fashion_shop(params.get("fashion_shop") or {})
+    source = Path("<fashion-shop>")
+    raw["items"]["image_path"] = [str(IMAGES_DIR / f"{item_id}.png") for item_id in raw["items"]["item_id"]]
+    tables = {
+        "interactions": normalise_interactions(raw["interactions"], source),
+        "items": normalise_items(raw["items"], source),
+        "users": normalise_users(raw["users"], source),
+    }
+    return tables, images
+
+
+def ingest_with_images(params: dict[str, Any]) -> tuple[dict[str, pd.DataFrame], dict[str, np.ndarray]]:
+    """Read the source that `ingest.dataset` names; return the three contract tables and images to write.
+
+    Only the fashion-shop dataset has images to write (item id -> pixels); the
+    files source keeps whatever `image_path` the user's items table gives.
+    """
     dataset = params.get("dataset", "movielens-100k")
     if dataset == "movielens-100k":
-        return ingest_movielens(movielens_folder())
+        return ingest_movielens(movielens_folder()), {}
+    if dataset == "fashion-shop":
+        return ingest_fashion_shop(params)
     if dataset == "files":
-        return ingest_files(params.get("files") or {}, params.get("columns") or {}, params)
+        return ingest_files(params.get("files") or {}, params.get("columns") or {}, params), {}
     raise ConfigError(f"params.yaml: ingest.dataset is '{dataset}', expected one of: {', '.join(DATASETS)}")
+
+
+def ingest(params: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """Read the source that `ingest.dataset` names and return the three contract tables."""
+    return ingest_with_images(params)[0]
+
+
+def write_outputs(tables: dict[str, pd.DataFrame], images: dict[str, np.ndarray], root: Path) -> None:
+    """Write the tables and the PNG images; a failure leaves the previous outputs as they were."""
+    from PIL import Image
+
+    if not images:
+        write_parquet_tables(tables, root / config.INGESTED_DIR)
+        shutil.rmtree(root / IMAGES_DIR, ignore_errors=True)  # images of an earlier dataset
+        return
+    with staged_folder(root / IMAGES_DIR) as folder:
+        for item_id, pixels in images.items():
+            Image.fromarray(pixels).save(folder / f"{item_id}.png", format="PNG")
+        write_parquet_tables(tables, root / config.INGESTED_DIR)
 
 
 def main() -> None:
@@ -316,10 +361,12 @@ def main() -> None:
 
     def stage() -> None:
         params = config.section(config.load_params(), "ingest")
-        tables = ingest(params)
-        write_parquet_tables(tables, config.workspace() / config.INGESTED_DIR)
+        tables, images = ingest_with_images(params)
+        write_outputs(tables, images, config.workspace())
         for name, frame in tables.items():
             log.info("wrote %s: %d rows", config.INGESTED_DIR / f"{name}.parquet", len(frame))
+        if images:
+            log.info("wrote %d product images to %s", len(images), IMAGES_DIR)
 
     run_stage("ingest", stage)
 

@@ -9,6 +9,11 @@ by `split.protocol` and explained in docs/evaluation.md:
 - `global_time`: one pair of cutoffs for all users, so nothing after a cutoff
   can leak into training.
 
+Before either protocol, `split.coldstart_items` can hold out a share of the
+products: every interaction with them goes to `coldstart.parquet` instead, so
+no model trains on them, and the coldstart stage measures how well they are
+recommended from their content alone.
+
 Ties in timestamp are broken by the row's position in the ingested table (the
 order of the source log), with a stable sort, so the split is deterministic.
 The tie rule moves MovieLens-100K figures a lot, because many users rated
@@ -89,6 +94,19 @@ def global_time(interactions: pd.DataFrame, valid_cutoff: Any, test_cutoff: Any)
     return {name: frame.reset_index(drop=True) for name, frame in splits.items()}
 
 
+def hold_out_items(interactions: pd.DataFrame, share: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Pick `share` of the products that have interactions, seeded; return (kept, held-out) interactions."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+        raise ConfigError(f"params.yaml: split.coldstart_items is {share!r}, expected a share from 0 up to (not including) 1")
+    if share == 0:
+        return interactions, interactions.iloc[:0]
+    products = np.sort(interactions["item_id"].astype(str).unique())
+    count = max(1, int(round(share * len(products))))
+    held = set(np.random.default_rng(seed).choice(products, count, replace=False))
+    cold = interactions["item_id"].astype(str).isin(held).to_numpy()
+    return interactions[~cold], chronological(interactions[cold])
+
+
 def split(interactions: pd.DataFrame, params: dict[str, Any]) -> dict[str, pd.DataFrame]:
     """Apply the protocol that `split.protocol` names."""
     protocol = params.get("protocol", "leave_one_out")
@@ -120,6 +138,17 @@ def require_validated(root: Path) -> None:
                         "fix the input and run ingest and validate again")
 
 
+def split_with_coldstart(interactions: pd.DataFrame, params: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """Hold out the cold-start products, then split the rest; returns train, valid, test and coldstart."""
+    seed = params.get("coldstart_seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"params.yaml: split.coldstart_seed is {seed!r}, expected an integer")
+    kept, held_out = hold_out_items(interactions, params.get("coldstart_items", 0.0), seed)
+    splits = split(kept.reset_index(drop=True), params)
+    splits["coldstart"] = held_out.reset_index(drop=True)
+    return splits
+
+
 def main() -> None:
     from pipelines.cli import run_stage
 
@@ -130,7 +159,7 @@ def main() -> None:
         source = root / config.INGESTED_DIR / "interactions.parquet"
         if not source.is_file():
             raise DataError(f"{source}: file not found; run the ingest stage first")
-        splits = split(pd.read_parquet(source), params)
+        splits = split_with_coldstart(pd.read_parquet(source), params)
         write_parquet_tables(splits, root / config.SPLIT_DIR)
         log.info("split (%s): %s", params.get("protocol", "leave_one_out"),
                  ", ".join(f"{name} {len(frame)} rows" for name, frame in splits.items()))

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipelines import cluster, config, features
+from pipelines import augment, cluster, config, features
 from pipelines.errors import ConfigError, DataError, TrainingError
 from pipelines.io import write_json
 from pipelines.model import build_model, model_config, save_bundle
@@ -88,14 +88,18 @@ def build_module(model_cfg: dict[str, Any], catalog_arrays: dict[str, np.ndarray
         def __init__(self):
             super().__init__()
             self.model = build_model(model_cfg, torch.tensor(catalog_arrays["item_categories"]),
-                                     torch.tensor(catalog_arrays["item_year_buckets"]))
+                                     torch.tensor(catalog_arrays["item_year_buckets"]),
+                                     **augment.model_inputs(catalog_arrays))
+            self.augmenter = augment.attach(self.model, catalog_arrays, hparams.get("augment"))
             self.num_negatives = int(hparams["num_negatives"])
             self.seen = (catalog_arrays["seen_indptr"], catalog_arrays["seen_indices"])
             self._valid_ndcg: list[torch.Tensor] = []
 
         def training_step(self, batch, batch_index):
             users, history, targets = batch
-            loss = sampled_softmax_loss(self.model, users, history, targets, self.num_negatives)
+            history = self.augmenter.histories(history)
+            negatives = self.augmenter.negatives(self.num_negatives, targets.device)
+            loss = sampled_softmax_loss(self.model, users, history, targets, self.num_negatives, negatives)
             self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(targets))
             return loss
 
@@ -121,11 +125,15 @@ def build_module(model_cfg: dict[str, Any], catalog_arrays: dict[str, np.ndarray
 
 
 def sampled_softmax_loss(model, users: torch.Tensor, history: torch.Tensor, targets: torch.Tensor,
-                         num_negatives: int) -> torch.Tensor:
-    """Cross-entropy of each target against the batch's other targets and uniformly sampled items."""
+                         num_negatives: int, negatives: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of each target against the batch's other targets and sampled items.
+
+    `negatives` are the sampled items; by default `num_negatives` items drawn uniformly.
+    """
     items = model.item_vectors()
     user_vectors = model.user_vectors(users, history, items)
-    negatives = torch.randint(1, model.n_items + 1, (num_negatives,), device=targets.device)
+    if negatives is None:
+        negatives = torch.randint(1, model.n_items + 1, (num_negatives,), device=targets.device)
     candidates = torch.cat([targets, negatives])
     logits = user_vectors @ items[candidates].T
     # Another row's positive or a sampled item may equal this row's target: not a negative.
@@ -375,6 +383,7 @@ def loop_config_from(params: dict[str, Any], data: dict[str, Any]) -> dict[str, 
         "history_length", "cpus_per_worker", "use_gpu")}
     hparams["patience"] = int(params.get("patience", 0))
     hparams["check_parameter_sync"] = bool(params.get("check_parameter_sync", False))
+    hparams["augment"] = data.get("augment_policy")
     return {
         "hparams": hparams,
         "model_config": cfg,
@@ -390,6 +399,7 @@ def loop_config_from(params: dict[str, Any], data: dict[str, Any]) -> dict[str, 
             "train_first_rows": features.first_rows(data["train_users"]),
             "seen_indptr": seen_indptr,
             "seen_indices": seen_indices,
+            **augment.worker_arrays(data),
         },
     }
 
@@ -540,6 +550,7 @@ def main() -> None:
         root = config.workspace()
         started = time.time()
         data = training_arrays(load_split_tables(root))
+        data.update(augment.load_training_inputs(root, data["catalog"].item_ids))
         storage = cluster.resolve_storage(params.get("storage_path", "checkpoints"), root)
         cluster.check_storage_writable(storage)
         data_ready = time.time()

@@ -32,8 +32,8 @@ from tests.e2e.test_pipeline import copy_repository, run
 pytestmark = pytest.mark.e2e
 
 RUN_DAG = Path(__file__).with_name("run_dag.py")
-STAGES = ["ingest", "validate", "split", "train", "compress", "evaluate", "promote"]
-AFTER_VALIDATE = ["split", "train", "compress", "evaluate", "gate", "promote", "publish"]
+STAGES = ["ingest", "validate", "split", "augment", "train", "compress", "evaluate", "coldstart", "promote"]
+AFTER_VALIDATE = ["split", "augment", "train", "compress", "evaluate", "coldstart", "gate", "promote", "publish"]
 DVC_OUTPUTS = ["data/ingested", "data/split", "models/candidate"]
 S3_BUCKET = "shoprec-e2e"
 

@@ -141,7 +141,7 @@ def test_train_param_reruns_from_train(pipeline_run):
     result = run(["dvc", "repro"], pipeline_run["root"], pipeline_run["env"])
     ran = re.findall(r"Running stage '(\w+)'", result.stdout)
     assert ran[0] == "train"
-    assert sorted(ran) == ["compress", "evaluate", "promote", "train"]
+    assert sorted(ran) == ["coldstart", "compress", "evaluate", "promote", "train"]
     assert ran.index("evaluate") < ran.index("promote")
     # The new candidate was judged against production v0001 on the same test users.
     gate = json.loads((pipeline_run["root"] / "gate.json").read_text())

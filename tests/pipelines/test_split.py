@@ -93,3 +93,40 @@ def test_split_refuses_rejected_data(tmp_path):
 def test_split_accepts_validated_data(tmp_path):
     write_json({"passed": True, "block_failures": []}, tmp_path / config.VALIDATION_REPORT)
     split.require_validated(tmp_path)
+
+
+@pytest.mark.parametrize("protocol", ["leave_one_out", "global_time"])
+def test_coldstart_items_never_reach_training(movielens_tables, protocol):
+    interactions = movielens_tables["interactions"]
+    result = split.split_with_coldstart(interactions, {"protocol": protocol, "coldstart_items": 0.1,
+                                                       "coldstart_seed": 3})
+    held_out = set(result["coldstart"]["item_id"])
+    assert len(held_out) == round(0.1 * interactions["item_id"].nunique())
+    for name in ("train", "valid", "test"):
+        assert held_out.isdisjoint(result[name]["item_id"]), name
+    expected = interactions[interactions["item_id"].isin(held_out)]
+    assert len(result["coldstart"]) == len(expected)
+    assert sum(len(frame) for frame in result.values()) == len(interactions)
+
+
+def test_coldstart_choice_follows_seed(movielens_tables):
+    interactions = movielens_tables["interactions"]
+    first, second, other = (split.split_with_coldstart(interactions, {"coldstart_items": 0.05, "coldstart_seed": seed})
+                            for seed in (1, 1, 2))
+    assert set(first["coldstart"]["item_id"]) == set(second["coldstart"]["item_id"])
+    assert set(first["coldstart"]["item_id"]) != set(other["coldstart"]["item_id"])
+
+
+def test_coldstart_off_keeps_split(movielens_tables):
+    interactions = movielens_tables["interactions"]
+    result = split.split_with_coldstart(interactions, {"coldstart_items": 0.0})
+    assert result["coldstart"].empty
+    for name, frame in split.leave_one_out(interactions).items():
+        assert result[name].equals(frame), name
+
+
+@pytest.mark.parametrize("share", [1.0, -0.1, "half", True])
+def test_bad_coldstart_share_rejected(share):
+    frame = pd.DataFrame({"user_id": ["u"], "item_id": ["1"], "timestamp": [1], "rating": 1.0})
+    with pytest.raises(ConfigError, match=r"split\.coldstart_items is"):
+        split.split_with_coldstart(frame, {"coldstart_items": share})

@@ -88,3 +88,47 @@ def test_random_states_round_trip(tmp_path):
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1])
     assert random.random() == expected[2]
+
+
+def module_inputs(with_images):
+    """Model config, catalog arrays and hparams of a 6-item catalog, with or without images."""
+    import torch
+
+    from pipelines import augment
+
+    rng = np.random.default_rng(0)
+    arrays = {"item_categories": np.array([[0], [1], [1], [2], [2], [1], [2]]), "item_year_buckets": np.zeros(7, np.int64),
+              "seen_indptr": np.array([0, 0, 0]), "seen_indices": np.array([], np.int64),
+              "item_images": rng.integers(1, 255, (7, 1, 16, 16)).astype(np.uint8) if with_images else None,
+              "item_known": np.array([True, True, True, True, True, True, False]), "popularity": np.ones(7)}
+    policy = augment.check_policy({"image_augmentation": {"rotation": {"p": 1.0, "degrees": 10}},
+                                   "feature_augmentation": {"mask_items": {"enabled": True, "id": 0.5}}})
+    hparams = {"num_negatives": 4, "learning_rate": 0.01, "weight_decay": 0.0, "augment": policy}
+    config = {"n_items": 6, "n_users": 2, "embedding_dim": 8, "history_length": 3, "dropout": 0.0}
+    batch = (torch.tensor([1, 2]), torch.tensor([[0, 1, 2], [0, 0, 3]]), torch.tensor([4, 5]))
+    return config, arrays, hparams, batch
+
+
+# Outside a Trainer, the training step's self.log warns and does nothing.
+no_trainer = pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+
+
+@no_trainer
+def test_training_step_trains_image_encoder():
+    config, arrays, hparams, batch = module_inputs(with_images=True)
+    module = train.build_module(config, arrays, hparams)
+    assert module.model.image_encoder is not None
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert np.isfinite(loss.item())
+    assert module.model.image_encoder.projection.weight.grad.abs().sum() > 0
+    # The held-out item 6 is never a negative and its id embedding gets no gradient.
+    assert module.model.item_embedding.weight.grad[6].abs().sum() == 0
+
+
+@no_trainer
+def test_training_step_without_images():
+    config, arrays, hparams, batch = module_inputs(with_images=False)
+    module = train.build_module(config, arrays, hparams)
+    assert module.model.image_encoder is None
+    assert np.isfinite(module.training_step(batch, 0).item())
