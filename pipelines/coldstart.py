@@ -158,7 +158,7 @@ def train_in_process(root: Path, params: dict[str, Any], epochs: int, with_image
     train_data, _ = train.worker_datasets(loop_config["arrays"], int(hparams["history_length"]))
     loader = torch.utils.data.DataLoader(
         train_data, batch_size=int(hparams["batch_size"]) * int(params["num_workers"]), shuffle=True,
-        generator=torch.Generator().manual_seed(int(hparams["seed"])))
+        generator=torch.Generator().manual_seed(int(hparams["seed"])), collate_fn=train.collate_batch)
     module = train.build_module(loop_config["model_config"], loop_config["arrays"], hparams)
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, limit_val_batches=0,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
