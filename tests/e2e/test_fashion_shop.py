@@ -25,7 +25,7 @@ pytestmark = [
                        reason="Debian package dataset-fashion-mnist not installed (make setup installs it as root)"),
 ]
 
-STAGES = ["ingest", "validate", "split", "augment", "train", "evaluate", "coldstart", "promote"]
+STAGES = ["ingest", "validate", "split", "augment", "train", "compress", "evaluate", "coldstart", "promote"]
 
 
 @pytest.fixture(scope="module")
