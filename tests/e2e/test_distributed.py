@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipelines import config, split
+from pipelines import augment, config, split
 from tests.conftest import REPO, update_params
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +36,7 @@ def slice_tables(movielens_tables):
     interactions = interactions[interactions["user_id"].isin(kept_users)]
     users = movielens_tables["users"][movielens_tables["users"]["user_id"].isin(kept_users)]
     return {"items": movielens_tables["items"], "users": users,
-            **split.leave_one_out(interactions.reset_index(drop=True))}
+            **split.split_with_coldstart(interactions.reset_index(drop=True), {"protocol": "leave_one_out"})}
 
 
 @pytest.fixture()
@@ -44,10 +44,11 @@ def train_workspace(tmp_path, slice_tables):
     """A workspace holding the ingested and split slice, ready for the train stage."""
     shutil.copyfile(REPO / config.PARAMS_FILE, tmp_path / config.PARAMS_FILE)
     update_params(tmp_path, {"train.epochs": 3, "train.patience": 0, "train.max_failures": 1})
-    for folder, names in ((config.INGESTED_DIR, ("items", "users")), (config.SPLIT_DIR, config.SPLITS)):
+    for folder, names in ((config.INGESTED_DIR, ("items", "users")), (config.SPLIT_DIR, (*config.SPLITS, "coldstart"))):
         (tmp_path / folder).mkdir(parents=True, exist_ok=True)
         for name in names:
             slice_tables[name].to_parquet(tmp_path / folder / f"{name}.parquet")
+    augment.augment(tmp_path, config.section(config.load_params(tmp_path / config.PARAMS_FILE), "augment"))
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Unix socket paths must stay short
     yield {"root": tmp_path, "ray_tmp": ray_tmp}
     stop_ray_processes(ray_tmp)
