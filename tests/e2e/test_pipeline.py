@@ -92,7 +92,10 @@ def test_registry_holds_one_version(pipeline_run):
     assert json.loads((root / "models" / "production.json").read_text())["version"] == "v0001"
     card = json.loads((root / "models" / "registry" / "v0001" / "model_card.json").read_text())
     assert set(card["data_version"]) == {"data/ingested", "data/split"}
-    assert set(card["files"]) == {"model.pt", "items.parquet", "interactions.parquet", "report.html"}
+    assert set(card["files"]) == {"model.pt", "items.parquet", "interactions.parquet", "report.html",
+                                  "compressed.pt", "model.onnx"}
+    assert card["compression"]["chosen"]
+    assert card["compression"]["reason"]
 
 
 def test_batch_recommendations_written(pipeline_run):
