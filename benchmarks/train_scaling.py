@@ -15,6 +15,9 @@ Parts (all by default):
   2 workers: epoch time and peak resident memory of each worker.
 "Steady state" leaves out the first epoch. Results go to
 benchmarks/results/train_scaling.json.
+
+NOTE: in the one attempt so far, the cluster part hung after the local parts
+had run in the same process; run it on its own (`--parts cluster`).
 """
 
 from __future__ import annotations

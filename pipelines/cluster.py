@@ -75,7 +75,9 @@ def init_ray(params: dict[str, Any]) -> None:
         return
     workers_cpus = int(params["num_workers"]) * int(params["cpus_per_worker"])
     log.info("starting a local Ray instance on 127.0.0.1 with %d CPU(s)", workers_cpus)
-    ray.init(num_cpus=workers_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
+    # address="local" starts a new instance even when another Ray cluster on this machine
+    # (or a stale record of one in /tmp/ray) would otherwise be joined.
+    ray.init(address="local", num_cpus=workers_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
              runtime_env=runtime_env, log_to_driver=True, configure_logging=False)
 
 
