@@ -25,7 +25,7 @@ from torch import nn
 from pipelines import prune, quantize
 from pipelines.errors import RegistryError
 from pipelines.io import atomic_path
-from pipelines.model import FORMAT_VERSION, TwoTower, build_model, load_bundle
+from pipelines.model import FORMAT_VERSION, TwoTower, build_model, load_bundle, read_bundle_file
 
 KINDS = ("sparse", "quantized")
 NARROW_INTEGERS = (torch.uint8, torch.int16, torch.int32)
@@ -107,15 +107,7 @@ def save_quantized(model: TwoTower, bits: int, config: dict[str, Any], bundle: d
 
 def read_candidate(path: Path) -> dict[str, Any]:
     """Read any saved model file; a missing, damaged or foreign file is a RegistryError."""
-    path = Path(path)
-    if not path.is_file():
-        raise RegistryError(f"{path}: model file not found")
-    try:
-        bundle = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a damaged file; all mean "unreadable"
-        raise RegistryError(f"{path}: cannot load model ({type(error).__name__}: {error})") from error
-    if not isinstance(bundle, dict) or bundle.get("format_version") != FORMAT_VERSION:
-        raise RegistryError(f"{path}: not a shoprec model file (format_version {FORMAT_VERSION} expected)")
+    bundle = read_bundle_file(path)
     if "kind" in bundle:
         if bundle["kind"] not in KINDS:
             raise RegistryError(f"{path}: unknown model kind {bundle['kind']!r}, expected one of {list(KINDS)}")

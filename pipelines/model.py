@@ -180,8 +180,8 @@ def save_bundle(model: TwoTower, config: dict[str, Any], item_ids: list[str], us
         torch.save(bundle, tmp)
 
 
-def load_bundle(path: Path) -> tuple[TwoTower, dict[str, Any]]:
-    """Load a saved model with weights_only=True; a damaged or foreign file is a RegistryError."""
+def read_bundle_file(path: Path) -> dict[str, Any]:
+    """Read a saved model file with weights_only=True; a missing, damaged or foreign file is a RegistryError."""
     path = Path(path)
     if not path.is_file():
         raise RegistryError(f"{path}: model file not found")
@@ -191,6 +191,12 @@ def load_bundle(path: Path) -> tuple[TwoTower, dict[str, Any]]:
         raise RegistryError(f"{path}: cannot load model ({type(error).__name__}: {error})") from error
     if not isinstance(bundle, dict) or bundle.get("format_version") != FORMAT_VERSION:
         raise RegistryError(f"{path}: not a shoprec model file (format_version {FORMAT_VERSION} expected)")
+    return bundle
+
+
+def load_bundle(path: Path) -> tuple[TwoTower, dict[str, Any]]:
+    """Load a saved model with weights_only=True; a damaged or foreign file is a RegistryError."""
+    bundle = read_bundle_file(path)
     state = bundle["state_dict"]
     model = build_model(bundle["config"], state["item_categories"], state["item_year_buckets"],
                         state.get("item_images"), state.get("item_known"))
