@@ -51,7 +51,7 @@ class StageFailed(ShoprecError):
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of dvc.yaml as the scheduler sees it."""
+    """One stage of dvc.yaml, with the fields the scheduler reads."""
 
     name: str
     command: str
@@ -63,7 +63,7 @@ class Stage:
 
 @dataclass
 class StageRun:
-    """What DVC did with one stage: ran it, restored it from the run cache, or skipped it."""
+    """Outcome of one stage in DVC: ran, restored from the run cache, or skipped."""
 
     stage: str
     outcome: str

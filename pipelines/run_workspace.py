@@ -34,7 +34,7 @@ PARAMS_BACKUP = RUN_DIR / "params.yaml"
 
 
 class WorkspaceBusy(ShoprecError):
-    """Another run holds the workspace; retrying later can succeed."""
+    """Another run has claimed the workspace, so a retry later can succeed."""
 
 
 @dataclass(frozen=True)
