@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,21 @@ def is_loopback(address: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+def keep_ray_on_loopback() -> None:
+    """Make Ray keep 127.0.0.1 as its own and the cluster's address.
+
+    With multi-node mode on, Ray rewrites 127.0.0.1 to the machine's network
+    address before it connects, so joining a loopback cluster would dial an
+    address that nothing listens on. The environment variable turns the mode
+    off for Ray when it is first imported and for every process it starts; a
+    caller that imported Ray earlier also needs the constant Ray read then.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+
+
 def init_ray(params: dict[str, Any]) -> None:
     """Join the configured cluster, or start a local Ray instance that listens on 127.0.0.1 only."""
     address = ray_address(params)
@@ -63,10 +79,7 @@ def init_ray(params: dict[str, Any]) -> None:
     if address:
         check_reachable(address, address_setting(params))
     if not address or is_loopback(address):
-        # With multi-node mode on, Ray rewrites 127.0.0.1 to the machine's network
-        # address; off, it keeps loopback. Ray reads this when it is first imported,
-        # and the processes it starts inherit it.
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        keep_ray_on_loopback()
     import ray
 
     if address:

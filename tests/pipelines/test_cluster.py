@@ -1,4 +1,7 @@
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -57,3 +60,20 @@ def test_remove_run_deletes_only_that_run(tmp_path):
     cluster.remove_run(str(tmp_path), "train-a")
     assert not (tmp_path / "train-a").exists()
     assert (tmp_path / "train-b").exists()
+
+
+def test_loopback_kept_when_ray_was_imported_first():
+    # Ray reads its multi-node setting on import; a caller that imported Ray
+    # before the train stage must still connect to 127.0.0.1, not the machine's
+    # network address.
+    script = (
+        "import ray\n"
+        "from ray._private import services\n"
+        "from pipelines import cluster\n"
+        "cluster.keep_ray_on_loopback()\n"
+        "print(services.canonicalize_bootstrap_address('127.0.0.1:6379'))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
+                            check=True)
+    assert result.stdout.strip().splitlines()[-1] == "127.0.0.1:6379"
