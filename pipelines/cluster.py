@@ -61,8 +61,9 @@ def keep_ray_on_loopback() -> None:
     With multi-node mode on, Ray rewrites 127.0.0.1 to the machine's network
     address before it connects, so joining a loopback cluster would dial an
     address that nothing listens on. The environment variable turns the mode
-    off for Ray when it is first imported and for every process it starts; a
-    caller that imported Ray earlier also needs the constant Ray read then.
+    off when Ray is first imported, and in every process Ray starts. If the
+    caller imported Ray earlier, Ray has already read the variable, so the
+    constant it set then is reset too.
     """
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     constants = sys.modules.get("ray._private.ray_constants")
