@@ -14,10 +14,8 @@ Parts (all by default):
 - large: one epoch on a synthetic 10-million-interaction data set with 1 and
   2 workers: epoch time and peak resident memory of each worker.
 "Steady state" leaves out the first epoch. Results go to
-benchmarks/results/train_scaling.json.
-
-NOTE: in the one attempt so far, the cluster part hung after the local parts
-had run in the same process; run it on its own (`--parts cluster`).
+benchmarks/results/train_scaling.json; a run replaces only the parts it
+measured, so parts run one at a time add up in one file.
 """
 
 from __future__ import annotations
@@ -137,7 +135,7 @@ def main() -> None:
     parser.add_argument("--large-interactions", type=int, default=10_000_000)
     args = parser.parse_args()
     parts = set(args.parts.split(","))
-    results: dict = {"machine": f"{os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
+    results: dict = {}
     data = movielens_data()
     examples = len(data["train_users"])
 
@@ -177,9 +175,13 @@ def main() -> None:
                 "peak_rss_mb_per_worker": run["worker_peak_rss_mb"],
             }
 
+    measured = {"machine": f"{os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
+    for part in results.values():
+        part.update(measured)
     output = REPO / "benchmarks" / "results" / "train_scaling.json"
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
+    earlier = json.loads(output.read_text()) if output.exists() else {}
+    output.write_text(json.dumps({**earlier, **results}, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 
 
