@@ -27,6 +27,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import update_params
 from tests.e2e.test_pipeline import copy_repository, run
 
 pytestmark = pytest.mark.e2e
@@ -58,6 +59,10 @@ def workspace_copy(tmp_path_factory):
     """A clean copy of the repository with an Airflow home and a migrated SQLite database."""
     scratch = tmp_path_factory.mktemp("airflow_e2e")
     root = copy_repository(scratch / "shoprec")
+    # These tests check orchestration, not compression (test_pipeline.py does): a
+    # shorter compress stage keeps the suite within its time budget.
+    update_params(root, {"compress.distill.enabled": False, "compress.prune.finetune_steps": 50,
+                         "compress.measure.latency_users": 50})
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Unix socket paths must stay short
     env = {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW", "SHOPREC_", "AWS_"))}
     env.pop("RAY_ADDRESS", None)

@@ -41,6 +41,9 @@ def fashion_run(tmp_path_factory):
         "augment.feature_augmentation.mask_items.enabled": True,
         "train.epochs": 2,
         "train.patience": 0,
+        "compress.prune.finetune_steps": 100,
+        "compress.distill.epochs": 1,
+        "compress.measure.latency_users": 50,
         # Two epochs on 300 products need not beat popularity; serving the image model is tested anyway.
         "promote.force": True,
     })

@@ -48,9 +48,11 @@ def run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Comple
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
-    """Run `dvc repro` once from a clean copy with two training epochs."""
+    """Run `dvc repro` once from a clean copy with two training epochs and a short compress stage."""
     root = copy_repository(tmp_path_factory.mktemp("e2e") / "shoprec")
-    update_params(root, {"train.epochs": 2, "train.patience": 0})
+    # Every compress candidate is still built and measured, with fewer steps and timed users.
+    update_params(root, {"train.epochs": 2, "train.patience": 0, "compress.prune.finetune_steps": 100,
+                         "compress.distill.epochs": 1, "compress.measure.latency_users": 50})
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Unix socket paths must stay short
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1", "RAY_TMPDIR": ray_tmp, "SHOPREC_WORKSPACE": str(root)}
