@@ -4,8 +4,10 @@ Run as `python -m pipelines.evaluate` (the DVC stage `evaluate`). Every
 system ranks the whole catalog for every test user, except the items the
 user interacted with in the training and validation data:
 
-- `model`: the candidate in `models/candidate/model.pt`;
-- `production`: the model the production pointer names, when there is one;
+- `model`: the candidate, which is the model promote would ship: the
+  compressed model the compress stage chose (`reports/compress_decision.json`),
+  or `models/candidate/model.pt` when no compress decision exists;
+- `production`: the model file the production version serves, when there is one;
 - `popularity`, `item_knn` and `ease`: baselines fitted on the same split.
 
 Metrics at each K in `evaluate.k` are averaged over test users, per slice
@@ -29,7 +31,7 @@ import pandas as pd
 from pipelines import baselines, bootstrap, config, gate, metrics, registry, slices
 from pipelines.errors import ConfigError, DataError
 from pipelines.io import atomic_path, read_json, write_json
-from pipelines.model import load_bundle
+from pipelines.candidates import load_candidate
 from pipelines.scoring import rank_with_model, time_top_k, user_state
 
 log = logging.getLogger(__name__)
@@ -188,17 +190,18 @@ def evaluate_candidate(candidate: Path, tables: dict[str, pd.DataFrame], params:
     """Evaluate the model saved at `candidate` against `production` and the baselines on `tables`.
 
     `production` is {"version", "path"} of the production model, or None.
-    Any model file that `load_bundle` reads can be the candidate, for example
-    a compressed copy of the trained model, so that it meets the same gate.
+    The candidate and production may be any model file `load_candidate` reads:
+    a trained model, or a pruned, quantized or distilled copy, each scored the
+    way recommend serves it.
     """
     ks = cutoffs(params)
-    model, bundle = load_bundle(candidate)
+    model, bundle = load_candidate(candidate)
     if max(ks) > len(bundle["item_ids"]):
         raise ConfigError(f"params.yaml: evaluate.k {max(ks)} is larger than the catalog ({len(bundle['item_ids'])} items)")
     data = EvaluationData(bundle, tables, model.history_length)
     loaded = None
     if production is not None:
-        production_model, production_bundle = load_bundle(production["path"])
+        production_model, production_bundle = load_candidate(production["path"])
         loaded = {"model": production_model, "bundle": production_bundle}
     rankings, notes = rank_systems(model, bundle, loaded, data, max(ks), params.get("baselines") or {})
 
@@ -243,12 +246,27 @@ def load_tables(root: Path) -> dict[str, pd.DataFrame]:
 
 
 def production_model(root: Path) -> dict[str, Any] | None:
-    """The production model's version and path, after checking its files against the model card."""
+    """Return the production version and the model file it serves, after checking its files against the model card."""
     pointer = registry.production(root)
     if pointer is None:
         return None
     folder = registry.verify_version(root, pointer["version"])
-    return {"version": pointer["version"], "path": folder / registry.MODEL_FILE}
+    return {"version": pointer["version"], "path": registry.served_file(folder)}
+
+
+def judged_model(root: Path) -> tuple[Path, dict[str, Any] | None]:
+    """Return the model file the gate judges and the compress decision that chose it (None without compress)."""
+    trained = root / config.CANDIDATE_DIR / registry.MODEL_FILE
+    decision_path = root / COMPRESS_DECISION
+    if not decision_path.is_file():
+        return trained, None
+    decision = read_json(decision_path)
+    chosen = decision.get("model_path") if isinstance(decision, dict) else None
+    if not isinstance(chosen, str) or not chosen:
+        raise DataError(f"{decision_path}: model_path of the chosen model is missing; rerun the compress stage")
+    if not (root / chosen).is_file():
+        raise DataError(f"{decision_path}: chosen model {chosen} not found; rerun the compress stage")
+    return root / chosen, decision
 
 
 def write_text(text: str, target: Path) -> None:
@@ -287,13 +305,12 @@ def main() -> None:
         params = config.section(config.load_params(), "evaluate")
         root = config.workspace()
         production = production_model(root)
-        results, decision = judge(root / config.CANDIDATE_DIR / "model.pt", load_tables(root), params, production)
-        compression = root / COMPRESS_DECISION
-        if compression.is_file():
-            # NOTE: the gate records the compress stage's choice, but the candidate judged
-            # and promoted is still the trained fp32 model; the chosen compressed model and
-            # its ONNX export travel with it in the registry version.
-            decision["compression"] = read_json(compression)
+        candidate, compression = judged_model(root)
+        log.info("judging %s", candidate.relative_to(root))
+        results, decision = judge(candidate, load_tables(root), params, production)
+        decision["judged_model"] = str(candidate.relative_to(root))
+        if compression is not None:
+            decision["compression"] = compression
         write_outputs(root, results, decision)
         for system, values in results["systems"].items():
             log.info("%s: %s", system, ", ".join(f"{key}={value:.4f}" for key, value in values.items()))

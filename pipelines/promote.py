@@ -103,6 +103,7 @@ def model_card(root: Path, params: dict[str, Any], evaluation: dict[str, Any], f
         "production_before": production_before,
         "gate": {key: gate.get(key) for key in ("passed", "metric", "production_version", "checks", "reasons")},
         "compression": gate.get("compression"),
+        "judged_model": gate.get("judged_model"),
         "forced": forced,
     }
 
@@ -129,7 +130,7 @@ def version_files(root: Path, scratch: Path) -> dict[str, Path]:
         decision = read_json(decision_path)
         chosen = root / str(decision.get("model_path", ""))
         if decision.get("model_path") and chosen.is_file():
-            files["compressed.pt"] = chosen
+            files[registry.COMPRESSED_FILE] = chosen
         onnx = root / "models" / "compressed" / "chosen.onnx"
         if onnx.is_file():
             files["model.onnx"] = onnx

@@ -1,4 +1,9 @@
-"""Top-K recommendations from the production model: for one user, or for every known user at once."""
+"""Top-K recommendations from the production model: for one user, or for every known user at once.
+
+Both serve the model file the version serves (`registry.served_file`): the
+compressed model that the compress stage chose and the gate judged, or the
+trained model in versions without one.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from pipelines import config, registry
+from pipelines.candidates import load_candidate
 from pipelines.errors import ConfigError, DataError
-from pipelines.model import load_bundle
 from pipelines.scoring import model_top_k, user_state
 
 
@@ -19,7 +24,7 @@ def recommend_for_user(user_id: str, k: int = 10) -> list[dict]:
         raise ConfigError(f"-k is {k}, expected a positive integer")
     root = config.workspace()
     folder = registry.production_folder(root)
-    model, bundle = load_bundle(folder / "model.pt")
+    model, bundle = load_candidate(registry.served_file(folder))
     user_ids = bundle["user_ids"]
     try:
         user_index = user_ids.index(str(user_id))
@@ -57,7 +62,7 @@ def batch_recommendations(folder: Path, k: int) -> pd.DataFrame:
     Columns: user_id, rank (1 = best), item_id, score, model_version. Users who
     have seen all but fewer than K items get fewer rows.
     """
-    model, bundle = load_bundle(folder / "model.pt")
+    model, bundle = load_candidate(registry.served_file(folder))
     history = pd.read_parquet(folder / "interactions.parquet")
     user_ids, item_ids = bundle["user_ids"], bundle["item_ids"]
     state = user_state([history], item_ids, user_ids, model.history_length)

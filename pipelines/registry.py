@@ -36,6 +36,8 @@ from pipelines.errors import RegistryError
 VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
 CARD_FILE = "model_card.json"
 MODEL_FILE = "model.pt"
+# The compressed model the compress stage chose; a version that has it serves it.
+COMPRESSED_FILE = "compressed.pt"
 STAGING_DIR = Path("models/.staging")
 LOCK_FILE = Path("models/.registry.lock")
 
@@ -219,6 +221,12 @@ def production(root: Path) -> dict[str, Any] | None:
     if not isinstance(pointer, dict) or not isinstance(pointer.get("version"), str):
         raise RegistryError(f"{path}: production pointer has no version; restore it from the promotion history")
     return pointer
+
+
+def served_file(folder: Path) -> Path:
+    """Return the model file a version serves: its compressed model when it has one, else the trained model."""
+    compressed = folder / COMPRESSED_FILE
+    return compressed if compressed.is_file() else folder / MODEL_FILE
 
 
 def production_folder(root: Path) -> Path:

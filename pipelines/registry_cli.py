@@ -53,6 +53,13 @@ def format_list(root) -> str:
     return "\n".join(lines)
 
 
+def served_description(root, version: str, card: dict) -> str:
+    """Name the file recommend serves, and the compress choice it came from."""
+    served = registry.served_file(registry.version_folder(root, version)).name
+    chosen = (card.get("compression") or {}).get("chosen")
+    return f"{served} (compress chose {chosen})" if served == registry.COMPRESSED_FILE and chosen else served
+
+
 def format_card(root, version: str) -> str:
     card = registry.read_card(root, version)
     problems = registry.version_problems(root, version)
@@ -61,7 +68,8 @@ def format_card(root, version: str) -> str:
              f"  run id:       {card.get('run_id') or '-'}", f"  git revision: {card.get('git_revision')}",
              f"  data version: {', '.join(f'{path} {digest}' for path, digest in (card.get('data_version') or {}).items()) or '-'}",
              f"  gate:         {'passed' if gate.get('passed') else 'FAILED'}{' (promotion forced)' if card.get('forced') else ''}",
-             f"  files:        {'intact' if not problems else 'CHANGED: ' + '; '.join(problems)}", "  metrics:"]
+             f"  files:        {'intact' if not problems else 'CHANGED: ' + '; '.join(problems)}",
+             f"  serves:       {served_description(root, version, card)}", "  metrics:"]
     intervals = (card.get("intervals") or {}).get("model") or {}
     for name, value in ((card.get("metrics") or {}).get("model") or {}).items():
         interval = intervals.get(name)

@@ -165,6 +165,8 @@ def test_compress_measures_every_candidate(pipeline_run):
     assert decision["chosen"] in rows
     assert (root / decision["model_path"]).is_file()
     assert decision["onnx"]["passed"] is True
+    # The gate judged the chosen model, the one the registry version serves.
+    assert json.loads((root / "gate.json").read_text())["judged_model"] == decision["model_path"]
 
 
 def test_bad_data_stops_before_split(pipeline_run):

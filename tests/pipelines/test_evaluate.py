@@ -151,3 +151,34 @@ def test_edited_production_model_rejected(workspace):
 
 def test_no_production_model_before_first_promotion(workspace):
     assert evaluate.production_model(workspace) is None
+
+
+def test_judged_model_without_compress(tmp_path):
+    path, decision = evaluate.judged_model(tmp_path)
+    assert path == tmp_path / "models" / "candidate" / "model.pt"
+    assert decision is None
+
+
+def test_judged_model_is_compress_choice(tmp_path, synthetic):
+    chosen = tmp_path / "models" / "compressed" / "int8" / "model.pt"
+    chosen.parent.mkdir(parents=True)
+    chosen.write_bytes(synthetic["popular"].read_bytes())
+    (tmp_path / config.REPORTS_DIR).mkdir()
+    decision = {"chosen": "int8", "model_path": "models/compressed/int8/model.pt"}
+    (tmp_path / evaluate.COMPRESS_DECISION).write_text(json.dumps(decision))
+    assert evaluate.judged_model(tmp_path) == (chosen, decision)
+    chosen.unlink()
+    with pytest.raises(DataError, match=r"compress_decision\.json: chosen model models/compressed/int8/model\.pt not found"):
+        evaluate.judged_model(tmp_path)
+
+
+def test_quantized_candidate_judged(synthetic, tmp_path):
+    from pipelines import compress
+
+    quantized = tmp_path / "int8.pt"
+    compress.build_quantized(synthetic["popular"], quantized, 8, {})
+    trained = evaluate.evaluate_candidate(synthetic["popular"], synthetic["tables"], PARAMS)
+    results = evaluate.evaluate_candidate(quantized, synthetic["tables"], PARAMS)
+    assert results["efficiency"]["model"]["size_mb"] < trained["efficiency"]["model"]["size_mb"]
+    assert results["systems"]["model"]["test_ndcg@10"] == pytest.approx(
+        trained["systems"]["model"]["test_ndcg@10"], abs=0.02)

@@ -4,13 +4,16 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import config, promote, recommend, registry
+from pipelines import compress, config, promote, recommend, registry
+from pipelines.candidates import load_candidate
 from pipelines.errors import DataError, RegistryError
 from pipelines.io import write_json
 from pipelines.model import load_bundle
+from pipelines.scoring import model_top_k, user_state
 from tests.conftest import REPO
 from tests.factories import (PROMOTE_PARAMS, build_candidate_workspace, next_candidate, save_candidate,
                              set_evaluation)
@@ -53,23 +56,56 @@ def test_onnx_export_and_report_registered(candidate_workspace):
     assert (folder / "report.html").is_file()
 
 
-def test_compressed_choice_registered(candidate_workspace):
-    chosen = candidate_workspace / "models" / "compressed" / "student_int8" / "model.pt"
+def served_scores(model_path, root, user_index: int, k: int) -> list[float]:
+    """Return one user's top-K scores from the model at `model_path`, loaded as recommend loads it."""
+    model, bundle = load_candidate(model_path)
+    history = pd.read_parquet(root / config.INGESTED_DIR / "interactions.parquet")
+    state = user_state([history], bundle["item_ids"], bundle["user_ids"], model.history_length)
+    _, scores = model_top_k(model, np.array([user_index]), state, k)
+    return [float(score) for score in scores[0]]
+
+
+def test_compressed_choice_served(candidate_workspace, tmp_path):
+    # The chosen model is an int8 copy of a different model, so its scores differ from model.pt's.
+    other = tmp_path / "other"
+    shutil.copytree(candidate_workspace / config.INGESTED_DIR, other / config.INGESTED_DIR)
+    save_candidate(other, seed=7)
+    chosen = candidate_workspace / "models" / "compressed" / "int8" / "model.pt"
     chosen.parent.mkdir(parents=True)
-    chosen.write_bytes(b"quantized student")
-    (chosen.parent.parent / "chosen.onnx").write_bytes(b"student onnx")
-    write_json({"chosen": "student_int8", "model_path": "models/compressed/student_int8/model.pt",
+    compress.build_quantized(other / config.CANDIDATE_DIR / "model.pt", chosen, 8, {})
+    (chosen.parent.parent / "chosen.onnx").write_bytes(b"int8 onnx")
+    write_json({"chosen": "int8", "model_path": "models/compressed/int8/model.pt",
                 "reason": "smallest within 2% of the teacher"},
                candidate_workspace / config.REPORTS_DIR / "compress_decision.json")
     gate = json.loads((candidate_workspace / config.GATE_FILE).read_text())
-    gate["compression"] = {"chosen": "student_int8", "reason": "smallest within 2% of the teacher"}
+    gate["compression"] = {"chosen": "int8", "reason": "smallest within 2% of the teacher"}
+    gate["judged_model"] = "models/compressed/int8/model.pt"
     write_json(gate, candidate_workspace / config.GATE_FILE)
+
     promote.promote(candidate_workspace, PROMOTE_PARAMS)
+
     folder = registry.verify_version(candidate_workspace, "v0001")
-    assert (folder / "compressed.pt").read_bytes() == b"quantized student"
-    assert (folder / "model.onnx").read_bytes() == b"student onnx"
+    assert (folder / "compressed.pt").read_bytes() == chosen.read_bytes()
+    assert (folder / "model.onnx").read_bytes() == b"int8 onnx"
+    assert registry.served_file(folder) == folder / "compressed.pt"
     card = registry.read_card(candidate_workspace, "v0001")
-    assert card["compression"]["chosen"] == "student_int8"
+    assert card["compression"]["chosen"] == "int8"
+    assert card["judged_model"] == "models/compressed/int8/model.pt"
+    # Both recommend and the batch recommendations serve the compressed model, not model.pt.
+    expected = served_scores(chosen, candidate_workspace, user_index=1, k=2)
+    assert expected != pytest.approx(served_scores(folder / "model.pt", candidate_workspace, user_index=1, k=2),
+                                     abs=1e-2)
+    assert [row["score"] for row in recommend.recommend_for_user("u1", k=2)] == pytest.approx(expected)
+    # The int8 kernels quantize each batch's activations with one scale, so a batch of
+    # users scores slightly differently from one user alone.
+    batch = pd.read_parquet(candidate_workspace / promote.RECOMMENDATIONS_FILE)
+    assert batch[batch["user_id"] == "u1"]["score"].tolist() == pytest.approx(expected, abs=1e-3)
+
+
+def test_trained_model_served_without_compress(candidate_workspace):
+    promote.promote(candidate_workspace, PROMOTE_PARAMS)
+    folder = registry.production_folder(candidate_workspace)
+    assert registry.served_file(folder) == folder / "model.pt"
 
 
 def test_batch_recommendations_written(candidate_workspace):

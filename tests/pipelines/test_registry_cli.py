@@ -45,6 +45,7 @@ def test_show_prints_card(two_promotions, capsys):
     assert code == 0
     assert out.startswith("version v0002\n")
     assert "  files:        intact" in out
+    assert "  serves:       model.pt\n" in out
     assert "test_ndcg@10                 0.2000  [0.1500, 0.2500]" in out
 
 
