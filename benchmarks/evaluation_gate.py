@@ -57,7 +57,8 @@ def promoted_figures(root: Path) -> dict:
             if interval:
                 entry.update(low=round(interval["low"], 4), high=round(interval["high"], 4))
             figures[system][name] = entry
-    return {"version": version, "gate_passed": card["gate"]["passed"], "systems": figures}
+    return {"version": version, "gate_passed": card["gate"]["passed"], "judged_model": card.get("judged_model"),
+            "compress_chose": (card.get("compression") or {}).get("chosen"), "systems": figures}
 
 
 def main() -> None:
