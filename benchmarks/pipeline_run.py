@@ -75,7 +75,8 @@ def main() -> None:
         "machine": machine(),
         "clean_repro": clean,
         "test_metrics": {"model": metrics["model"], "popularity": metrics["popularity"]},
-        "train_stage_timing": {key: round(value, 1) for key, value in timing.items()},
+        "train_stage_timing": {key: round(value, 1) if isinstance(value, float) else value
+                               for key, value in timing.items() if key not in ("history", "worker_nodes")},
         "unchanged_repro": unchanged,
         "after_train_param_change": after_train_change,
     }
