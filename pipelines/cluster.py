@@ -71,6 +71,31 @@ def keep_ray_on_loopback() -> None:
         constants.ENABLE_RAY_CLUSTER = False
 
 
+def machine_cpus() -> int:
+    """Return the CPUs this process may run on: its CPU affinity where the OS reports one, else all CPUs."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def check_local_cpus(params: dict[str, Any]) -> int:
+    """Return the CPUs a local Ray instance needs, rejecting more than this machine has.
+
+    A local instance is sized to the workers, so Ray would start every worker
+    on too few cores and the run would crawl or run out of memory.
+    """
+    workers = int(params["num_workers"])
+    needed = workers * int(params["cpus_per_worker"])
+    available = machine_cpus()
+    if needed > available:
+        raise ConfigError(
+            f"train.num_workers ({workers}) x train.cpus_per_worker ({params['cpus_per_worker']}) needs "
+            f"{needed} CPU(s), but this machine has {available}; lower train.num_workers, or set RAY_ADDRESS "
+            "(or train.ray_address) to a larger cluster"
+        )
+    return needed
+
+
 def init_ray(params: dict[str, Any]) -> None:
     """Join the configured cluster, or start a local Ray instance that listens on 127.0.0.1 only."""
     address = ray_address(params)
@@ -87,7 +112,7 @@ def init_ray(params: dict[str, Any]) -> None:
         log.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, configure_logging=False)
         return
-    workers_cpus = int(params["num_workers"]) * int(params["cpus_per_worker"])
+    workers_cpus = check_local_cpus(params)
     log.info("starting a local Ray instance on 127.0.0.1 with %d CPU(s)", workers_cpus)
     # address="local" starts a new instance even when another Ray cluster on this machine
     # (or a stale record of one in /tmp/ray) would otherwise be joined.

@@ -77,3 +77,13 @@ def test_loopback_kept_when_ray_was_imported_first():
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
                             check=True)
     assert result.stdout.strip().splitlines()[-1] == "127.0.0.1:6379"
+
+
+def test_local_workers_above_machine_cpus_rejected():
+    params = {"num_workers": cluster.machine_cpus() + 1, "cpus_per_worker": 1}
+    with pytest.raises(ConfigError, match=r"train\.num_workers .* but this machine has \d+; lower train\.num_workers"):
+        cluster.check_local_cpus(params)
+
+
+def test_local_workers_within_machine_cpus_accepted():
+    assert cluster.check_local_cpus({"num_workers": 1, "cpus_per_worker": 1}) == 1
