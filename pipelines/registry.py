@@ -36,7 +36,7 @@ from pipelines.errors import RegistryError
 VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
 CARD_FILE = "model_card.json"
 MODEL_FILE = "model.pt"
-# The compressed model the compress stage chose; a version that has it serves it.
+# The compressed model the compress stage chose. A version that has it serves it.
 COMPRESSED_FILE = "compressed.pt"
 STAGING_DIR = Path("models/.staging")
 LOCK_FILE = Path("models/.registry.lock")
@@ -274,6 +274,9 @@ def set_production(root: Path, version: str, reason: str, action: str = "promote
 def promote_version(root: Path, version: str, reason: str) -> dict[str, Any]:
     """Make an existing, intact version production (manual promotion)."""
     with locked(root):
+        current = production(root)
+        if current is not None and current["version"] == version:
+            raise RegistryError(f"{version} is already production; nothing to promote")
         return set_production(root, version, reason, "promote")
 
 

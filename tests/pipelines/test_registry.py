@@ -135,3 +135,12 @@ def test_pointer_without_history_still_rolls_back(three_versions):
     # Pointers written before the history existed name only the version and the previous one.
     (three_versions / config.PRODUCTION_POINTER).write_text(json.dumps({"version": "v0002", "previous": "v0001"}))
     assert registry.rollback(three_versions, "back")["version"] == "v0001"
+
+
+def test_promoting_production_again_rejected(three_versions):
+    registry.promote_version(three_versions, "v0001", "first")
+    with pytest.raises(RegistryError, match="v0001 is already production; nothing to promote"):
+        registry.promote_version(three_versions, "v0001", "again")
+    assert len(registry.production(three_versions)["history"]) == 1
+    with pytest.raises(RegistryError, match="no previous production version to roll back to"):
+        registry.rollback(three_versions, "after a repeated promotion")
