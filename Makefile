@@ -48,7 +48,7 @@ dvc-init:
 run: setup
 	dvc repro
 	@echo
-	@echo "metrics:          metrics.json (dvc metrics show)"
+	@echo "metrics:          metrics.json (dvc metrics show metrics.json)"
 	@echo "gate decision:    gate.json"
 	@echo "report:           reports/evaluation.html (open in a browser)"
 	@echo "training curves:  dvclive/ (dvc plots show)"

@@ -370,3 +370,16 @@ def test_crash_during_rollback_leaves_old_or_new(candidate_workspace, tmp_path):
         root = tmp_path / "runs" / f"step{step}"
         assert os.WIFSIGNALED(statuses[step]), f"step {step} was not killed"
         assert_production_usable(root, {"v0001", "v0002"})
+
+
+def test_git_revision_ignores_dvc_lock(tmp_path):
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    (tmp_path / "params.yaml").write_text("train: {}\n")
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "start"], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    assert not promote.git_revision(tmp_path).endswith("-dirty")
+    (tmp_path / "params.yaml").write_text("train: {epochs: 1}\n")
+    assert promote.git_revision(tmp_path).endswith("-dirty")
