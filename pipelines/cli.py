@@ -39,7 +39,7 @@ def _recommend(args: argparse.Namespace) -> int:
     from pipelines.recommend import format_recommendations, recommend_for_user
 
     rows = recommend_for_user(args.user, args.k)
-    print(format_recommendations(args.user, rows))
+    print(format_recommendations(args.user, rows, args.k))
     return 0
 
 

@@ -48,11 +48,14 @@ def recommend_for_user(user_id: str, k: int = 10) -> list[dict]:
     return rows
 
 
-def format_recommendations(user_id: str, rows: list[dict]) -> str:
+def format_recommendations(user_id: str, rows: list[dict], requested: int | None = None) -> str:
+    """Render the rows as text, saying so when fewer than the `requested` K were left to recommend."""
     if not rows:
         return f"no recommendations for user {user_id}: every item is already in their history"
     lines = [f"top {len(rows)} for user {user_id} (model {rows[0]['version']}):"]
     lines += [f"{row['rank']:>3}. {row['item_id']:>8}  {row['title']}  ({row['score']:.3f})" for row in rows]
+    if requested is not None and len(rows) < requested:
+        lines.append(f"only {len(rows)} of the {requested} requested: the user has seen every other item")
     return "\n".join(lines)
 
 

@@ -221,6 +221,14 @@ def test_recommend_skips_seen_items(candidate_workspace):
     assert "Cap" in recommend.format_recommendations("u1", rows) or "Dress" in recommend.format_recommendations("u1", rows)
 
 
+def test_recommend_says_when_fewer_left(candidate_workspace):
+    promote.promote(candidate_workspace, PROMOTE_PARAMS)
+    rows = recommend.recommend_for_user("u1", k=10)
+    text = recommend.format_recommendations("u1", rows, requested=10)
+    assert text.endswith("only 2 of the 10 requested: the user has seen every other item")
+    assert "requested" not in recommend.format_recommendations("u1", rows, requested=2)
+
+
 def test_recommend_unknown_user(candidate_workspace):
     promote.promote(candidate_workspace, PROMOTE_PARAMS)
     with pytest.raises(DataError, match=r"user 'nobody' not found in production model v0001 \(2 known users\)"):
