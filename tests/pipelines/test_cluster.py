@@ -63,9 +63,8 @@ def test_remove_run_deletes_only_that_run(tmp_path):
 
 
 def test_loopback_kept_when_ray_was_imported_first():
-    # Ray reads its multi-node setting on import; a caller that imported Ray
-    # before the train stage must still connect to 127.0.0.1, not the machine's
-    # network address.
+    # Ray reads its multi-node setting on import. A caller that imported Ray
+    # first must still connect to 127.0.0.1, not the machine's network address.
     script = (
         "import ray\n"
         "from ray._private import services\n"
