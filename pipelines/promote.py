@@ -120,21 +120,24 @@ def serving_tables(root: Path, folder: Path) -> dict[str, Path]:
     return paths
 
 
-def version_files(root: Path, scratch: Path) -> dict[str, Path]:
-    """Files of a new version: the model, the serving tables, and the ONNX export and report when present."""
+def version_files(root: Path, scratch: Path, judged_model: str | None) -> dict[str, Path]:
+    """Return the files of a new version: the model, the serving tables, and the ONNX export and report when present.
+
+    `judged_model` is the file the gate judged (gate.json). When it is not the
+    trained model, it becomes the version's compressed model, which the version serves.
+    """
     candidate = root / config.CANDIDATE_DIR
     files = {registry.MODEL_FILE: candidate / registry.MODEL_FILE, **serving_tables(root, scratch)}
     if (candidate / "model.onnx").is_file():
         files["model.onnx"] = candidate / "model.onnx"
-    decision_path = root / config.REPORTS_DIR / "compress_decision.json"
-    if decision_path.is_file():
-        decision = read_json(decision_path)
-        chosen = root / str(decision.get("model_path", ""))
-        if decision.get("model_path") and chosen.is_file():
-            files[registry.COMPRESSED_FILE] = chosen
-        onnx = root / "models" / "compressed" / "chosen.onnx"
-        if onnx.is_file():
-            files["model.onnx"] = onnx
+    if judged_model and root / judged_model != candidate / registry.MODEL_FILE:
+        if not (root / judged_model).is_file():
+            raise DataError(f"{root / config.GATE_FILE}: judged model {judged_model} not found; "
+                            "rerun the compress and evaluate stages")
+        files[registry.COMPRESSED_FILE] = root / judged_model
+    onnx = root / "models" / "compressed" / "chosen.onnx"
+    if onnx.is_file():
+        files["model.onnx"] = onnx
     if (root / EVALUATION_PAGE).is_file():
         files["report.html"] = root / EVALUATION_PAGE
     return files
@@ -202,7 +205,7 @@ def register_and_point(root: Path, evaluation: dict[str, Any], forced: bool, cur
     if version is None:
         card = model_card(root, config.load_params(), evaluation, forced, current["version"] if current else None)
         with tempfile.TemporaryDirectory() as scratch:
-            version = registry.add_version(root, version_files(root, Path(scratch)), card)
+            version = registry.add_version(root, version_files(root, Path(scratch), card["judged_model"]), card)
     reason = "forced by promote.force; the gate failed" if forced and not evaluation["gate"]["passed"] else "gate passed"
     return version, registry.set_production(root, version, reason, "promote")
 

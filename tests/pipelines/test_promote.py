@@ -391,3 +391,13 @@ def test_git_revision_ignores_dvc_lock(tmp_path):
     assert not promote.git_revision(tmp_path).endswith("-dirty")
     (tmp_path / "params.yaml").write_text("train: {epochs: 1}\n")
     assert promote.git_revision(tmp_path).endswith("-dirty")
+
+
+def test_missing_judged_model_not_registered(candidate_workspace):
+    gate = json.loads((candidate_workspace / config.GATE_FILE).read_text())
+    gate["judged_model"] = "models/compressed/int8/model.pt"
+    write_json(gate, candidate_workspace / config.GATE_FILE)
+    with pytest.raises(DataError, match=r"judged model models/compressed/int8/model\.pt not found"):
+        promote.promote(candidate_workspace, PROMOTE_PARAMS)
+    assert registry.list_versions(candidate_workspace) == []
+    assert registry.production(candidate_workspace) is None
